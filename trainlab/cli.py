@@ -1,0 +1,109 @@
+"""The `trainlab` command. User errors print one line `error: ...` and a hint, and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+from trainlab.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trainlab", description="Train AI models end to end with one training loop.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a recipe into a run folder")
+    t.add_argument("recipe", help="a TOML file or the name of a bundled recipe (see `trainlab recipes`)")
+    t.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe keys, e.g. optim.lr=3e-4")
+    t.add_argument("--run-dir", help="the run folder (default: run.out_dir/run.name, numbered if taken)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir (default: the latest "
+                   "run of this recipe) from its last checkpoint, exactly")
+
+    e = sub.add_parser("eval", help="evaluate a trained run on a split, beside a baseline")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="val", choices=["val", "test"])
+    e.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+
+    r = sub.add_parser("report", help="write report.md and curves.png for a run")
+    r.add_argument("run_dir")
+    r.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR", help="overlay other runs' curves")
+
+    rc = sub.add_parser("recipes", help="list the bundled recipes")
+    rc.add_argument("--keys", action="store_true", help="list every valid recipe key with its default")
+    return p
+
+
+def cmd_train(args) -> None:
+    from trainlab import config, loop, runs
+
+    cfg = config.load_recipe(args.recipe, args.overrides)
+    if args.resume:
+        run_dir = Path(args.run_dir) if args.run_dir else runs.latest_run_dir(cfg.run.out_dir, cfg.run.name)
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"--resume: {run_dir} is not a run folder (no config.toml)", "give --run-dir of a run")
+    elif args.run_dir:
+        run_dir = Path(args.run_dir)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise UserError(f"run folder {run_dir} already exists and is not empty",
+                            "pass --resume to continue it, or choose another --run-dir")
+    else:
+        run_dir = runs.new_run_dir(cfg.run.out_dir, cfg.run.name)
+    loop.train(cfg, run_dir, resume=args.resume)
+
+
+def cmd_eval(args) -> None:
+    from trainlab.eval import evaluate_run, format_table
+
+    result = evaluate_run(args.run_dir, args.split)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+
+
+def cmd_report(args) -> None:
+    from trainlab.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, args.compare)} and curves.png")
+
+
+def cmd_recipes(args) -> None:
+    from trainlab import config
+
+    if args.keys:
+        defaults = config.Config().model_dump(mode="json")
+        for key in config.all_keys():
+            table, name = key.split(".")
+            print(f"{key} = {json.dumps(defaults[table][name])}")
+        return
+    found = config.bundled_recipes()
+    width = max((len(n) for n in found), default=4)
+    for name, path in found.items():
+        try:
+            desc = tomllib.loads(path.read_text()).get("run", {}).get("description", "")
+        except tomllib.TOMLDecodeError:
+            desc = "(not valid TOML)"
+        print(f"{name:<{width}}  {desc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "recipes": cmd_recipes}[args.command]
+    try:
+        handler(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Data for supervised learning: load a source, split it once (seeded), standardize with training statistics.
+
+    data = trainlab.data.build(cfg.data)
+    data.info                      # what a model needs to know: input_shape, task, num_classes, ...
+    batches = data.train_batches(seed)   # endless stream of {"x": (B, ...), "y": (B,)} with exact resume state
+    for batch in data.eval_batches("val"): ...
+
+The test split exists from the start but only `trainlab eval --split test` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from trainlab.config import DataConfig
+from trainlab.data.batches import BatchStream, eval_batches
+from trainlab.data.split import split_indices
+from trainlab.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # float32 (N, features) or (N, C, H, W)
+    y: torch.Tensor  # int64 (N,) class indices, or float32 (N,) regression targets
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Data:
+    splits: dict[str, Split]
+    info: dict  # json-serializable: saved beside the model so that it can be rebuilt and fed
+    cfg: DataConfig = field(repr=False)
+
+    def train_batches(self, seed: int) -> BatchStream:
+        transform = None
+        if self.cfg.augment and len(self.info["input_shape"]) == 3:
+            from trainlab.data.images import random_affine
+
+            c = self.cfg
+            transform = lambda x, g: random_affine(x, g, c.augment_shift, c.augment_degrees)  # noqa: E731
+        return BatchStream(self.splits["train"], self.cfg.batch_size, seed, transform)
+
+    def eval_batches(self, split: str, limit: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        return eval_batches(self.splits[split], self.cfg.eval_batch_size, limit)
+
+
+def load_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Raw arrays (x, y) and what is known about them (task, class names, ...), before splitting."""
+    if cfg.source in ("digits", "breast_cancer", "diabetes"):
+        from trainlab.data.bundled import load_bundled
+
+        return load_bundled(cfg.source)
+    if not cfg.path:
+        raise UserError(f"data.source = '{cfg.source}' needs data.path", f"add data.path=/path/to/your/{cfg.source}")
+    if cfg.source == "csv":
+        from trainlab.data.tabular import load_csv
+
+        return load_csv(cfg.path, cfg.target, cfg.task)
+    from trainlab.data import images
+
+    if cfg.source == "image_folder":
+        return images.load_image_folder(cfg.path, cfg.image_size, cfg.grayscale)
+    return images.load_idx(cfg.path, cfg.labels_path)
+
+
+def build(cfg: DataConfig) -> Data:
+    x, y, meta = load_source(cfg)
+    task = meta["task"] if cfg.task == "auto" else cfg.task
+    if len(x) == 0:
+        raise UserError(f"the dataset from data.source = '{cfg.source}' is empty", "point data.path at a file with rows")
+    bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if bad.any():
+        raise UserError(f"the inputs have NaN or infinite values in {int(bad.sum())} rows (first: row {int(bad.argmax())})",
+                        "clean or impute the data before training")
+
+    class_names: list[str] = []
+    if task == "classification":
+        y, class_names = _class_indices(y, meta.get("class_names"), cfg.num_classes)
+    else:
+        y = y.astype(np.float32)
+        if not np.isfinite(y).all():
+            raise UserError("the regression targets have NaN or infinite values", "clean the target column")
+
+    stratify = y if task == "classification" else None
+    idx = split_indices(len(x), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, stratify)
+    if cfg.subset:
+        idx["train"] = idx["train"][: cfg.subset]
+
+    x = x.astype(np.float32)
+    info: dict = {"task": task, "input_shape": list(x.shape[1:]), "source": cfg.source,
+                  "num_classes": len(class_names), "class_names": class_names,
+                  "feature_names": meta.get("feature_names", [])}
+    if cfg.standardize:
+        # Statistics of the training split only, so nothing leaks from validation or test.
+        xt = x[idx["train"]]
+        per_feature = x.ndim == 2  # tabular: per column; images: per channel
+        axes = (0,) if per_feature else (0, 2, 3)
+        mean = xt.mean(axis=axes, keepdims=True)
+        std = xt.std(axis=axes, keepdims=True)
+        std[std < 1e-8] = 1.0  # constant features stay constant instead of dividing by zero
+        x = (x - mean) / std
+        info["x_mean"], info["x_std"] = mean.reshape(-1).tolist(), std.reshape(-1).tolist()
+        if task == "regression":
+            ym, ys = float(y[idx["train"]].mean()), float(y[idx["train"]].std() or 1.0)
+            y = (y - ym) / ys
+            info["y_mean"], info["y_std"] = ym, ys
+
+    y_t = torch.from_numpy(y.astype(np.int64) if task == "classification" else y.astype(np.float32))
+    x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    splits = {name: Split(x_t[torch.from_numpy(i)], y_t[torch.from_numpy(i)]) for name, i in idx.items()}
+    info["split_sizes"] = {name: len(s) for name, s in splits.items()}
+    return Data(splits, info, cfg)
+
+
+def _class_indices(y: np.ndarray, names: list[str] | None, num_classes: int) -> tuple[np.ndarray, list[str]]:
+    """Map labels to 0..K-1. Integer labels are kept as they are (and checked against data.num_classes)."""
+    if y.dtype.kind in "iu" or (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
+        y = y.astype(np.int64)
+        k = num_classes or (len(names) if names else int(y.max()) + 1)
+        out = (y < 0) | (y >= k)
+        if out.any():
+            i = int(out.argmax())
+            raise UserError(f"label {int(y[i])} (example {i}) is outside the classes 0..{k - 1}",
+                            "fix the label, or set data.num_classes to the true number of classes")
+        return y, list(names) if names else [str(c) for c in range(k)]
+    uniq = sorted({str(v) for v in y})  # string labels: classes in sorted order
+    if num_classes and len(uniq) > num_classes:
+        raise UserError(f"found {len(uniq)} distinct labels but data.num_classes = {num_classes}",
+                        "fix the labels or data.num_classes")
+    lookup = {name: i for i, name in enumerate(uniq)}
+    return np.array([lookup[str(v)] for v in y], dtype=np.int64), uniq

@@ -1,0 +1,89 @@
+"""Users' images (a folder per class, or MNIST-format IDX files) and the augmentation of image batches."""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainlab.errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def load_image_folder(root: str, size: int, grayscale: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+    """root/<class name>/<image>: classes are the sub-folder names in sorted order; images resized to size x size."""
+    from PIL import Image, UnidentifiedImageError
+
+    r = Path(root)
+    if not r.is_dir():
+        raise UserError(f"image folder {root} does not exist", "set data.path to a folder with one sub-folder per class")
+    classes = sorted(d.name for d in r.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"image folder {root} has no class sub-folders", "put each class's images in root/<class>/")
+    xs, ys = [], []
+    for k, name in enumerate(classes):
+        for f in sorted((r / name).iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("L" if grayscale else "RGB").resize((size, size), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.float32) / 255.0
+            except (OSError, UnidentifiedImageError) as e:
+                raise UserError(f"cannot read image {f}: {e}", "remove or replace the file") from None
+            xs.append(a[None] if grayscale else a.transpose(2, 0, 1))
+            ys.append(k)
+    if not xs:
+        raise UserError(f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                        "put image files in the class sub-folders")
+    return np.stack(xs), np.array(ys), {"task": "classification", "class_names": classes}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (the MNIST format): magic 0x0000 + type code + rank, then big-endian dims, then the data."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"IDX file {path} does not exist", "check data.path / data.labels_path")
+    raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
+        raise UserError(f"{path} is not an IDX file (bad magic number)", "give MNIST-format IDX files")
+    rank = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank)]
+    dt = np.dtype(dtypes[raw[2]])
+    start, count = 4 + 4 * rank, math.prod(dims)
+    if len(raw) - start != count * dt.itemsize:
+        raise UserError(f"{path} is truncated: the header promises {dims} values", "download or copy the file again")
+    return np.frombuffer(raw, dtype=dt, offset=start).reshape(dims)
+
+
+def load_idx(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    if not labels_path:
+        raise UserError("data.source = 'idx' needs data.labels_path", "add data.labels_path=/path/to/labels-idx1-ubyte")
+    x, y = read_idx(images_path), read_idx(labels_path)
+    if x.ndim != 3 or y.ndim != 1:
+        raise UserError(f"expected images of rank 3 and labels of rank 1, got {x.ndim} and {y.ndim}",
+                        "data.path is the images file, data.labels_path the labels file")
+    if len(x) != len(y):
+        raise UserError(f"{images_path} holds {len(x)} images but {labels_path} holds {len(y)} labels",
+                        "give the matching pair of files")
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    return (x.astype(np.float32) / scale)[:, None], y.astype(np.int64), {"task": "classification"}
+
+
+def random_affine(x: torch.Tensor, g: torch.Generator, shift_px: float, degrees: float) -> torch.Tensor:
+    """Shift each image by up to shift_px pixels and rotate it by up to `degrees`; x: (B, C, H, W)."""
+    b, _, h, w = x.shape
+    angle = (torch.rand(b, generator=g) * 2 - 1) * math.radians(degrees)
+    # affine_grid works in normalized coordinates [-1, 1]: one pixel is 2/W wide.
+    tx = (torch.rand(b, generator=g) * 2 - 1) * shift_px * 2 / w
+    ty = (torch.rand(b, generator=g) * 2 - 1) * shift_px * 2 / h
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

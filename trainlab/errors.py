@@ -1,0 +1,17 @@
+"""The one exception type for mistakes a user can fix.
+
+The CLI prints it as a single line `error: ...` plus `hint: ...` and exits with status 2; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input: a recipe key, a path, a dataset, a checkpoint. `hint` says how to fix it."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,69 @@
+"""`trainlab eval RUN_DIR --split val|test`: the finished model's metrics on a split, beside a baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainlab import config, data as data_lib, models
+from trainlab.errors import UserError
+from trainlab.eval import metrics as M
+from trainlab.runs import write_json
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches, task: str) -> np.ndarray:
+    out = []
+    for batch in batches:
+        y = model(batch["x"])
+        out.append(y.argmax(-1) if task == "classification" else y.squeeze(-1))
+    return torch.cat(out).numpy()
+
+
+def evaluate_run(run_dir: str | Path, split: str = "val") -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist", "give the folder `trainlab train` printed")
+    cfg = config.load_resolved(run_dir / "config.toml")
+    model, info = models.load(run_dir / "model")
+    data = data_lib.build(cfg.data)  # the same seeded split the run was trained on
+    if split not in data.splits or len(data.splits[split]) == 0:
+        raise UserError(f"the run has no '{split}' split (data.test_fraction = {cfg.data.test_fraction})",
+                        "evaluate --split val, or train with data.test_fraction > 0")
+    task, names = info["task"], info["class_names"]
+    y_pred = predict(model, data.eval_batches(split), task)
+    y_true, y_train = data.splits[split].y.numpy(), data.splits["train"].y.numpy()
+    if task == "classification":
+        result, base = M.classification(y_true, y_pred, names), M.baseline(task, y_train, y_true, names)
+    else:
+        # Back to the target's own units: the model was trained on standardized targets.
+        mean, std = info.get("y_mean", 0.0), info.get("y_std", 1.0)
+        y_true, y_pred, y_train = (a * std + mean for a in (y_true, y_pred, y_train))
+        result, base = M.regression(y_true, y_pred), M.baseline(task, y_train, y_true, names)
+    out = {"split": split, "n": int(len(y_true)), "task": task, "metrics": result, "baseline": base}
+    write_json(run_dir / f"eval_{split}.json", out)
+    return out
+
+
+def format_table(result: dict) -> str:
+    """The headline metrics beside the baseline, then per-class scores and the confusion matrix."""
+    m, b = result["metrics"], result["baseline"]
+    keys = [k for k, v in m.items() if isinstance(v, float)]
+    lines = [f"{result['split']} split, {result['n']} examples", f"{'metric':<18}{'model':>10}{'baseline':>10}"]
+    lines += [f"{k:<18}{m[k]:>10.4f}{b[k]:>10.4f}" for k in keys]
+    lines.append(f"baseline: {b['name']}")
+    if "per_class" in m:
+        lines.append("")
+        lines.append(f"{'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
+        for name, s in m["per_class"].items():
+            lines.append(f"{name[:17]:<18}{s['precision']:>10.4f}{s['recall']:>10.4f}{s['f1']:>10.4f}{s['support']:>9}")
+        cm = m["confusion_matrix"]
+        w = max(4, len(str(max(max(r) for r in cm))) + 1)
+        lines.append("")
+        lines.append("confusion matrix (rows: true class, columns: predicted)")
+        lines.append(" " * 8 + "".join(f"{str(i)[:w - 1]:>{w}}" for i in range(len(cm))))
+        for i, row in enumerate(cm):
+            lines.append(f"{str(i):>7} " + "".join(f"{v:>{w}}" for v in row))
+    return "\n".join(lines)

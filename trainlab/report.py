@@ -1,0 +1,111 @@
+"""`trainlab report RUN_DIR [--compare OTHER_RUN ...]`: report.md and curves.png.
+
+The curves put training and validation side by side, so overfitting (validation getting worse while training
+keeps improving) shows at a glance; --compare overlays other runs, e.g. digits-overfit next to digits-cnn.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from trainlab.errors import UserError
+from trainlab.runs import read_metrics
+
+
+def _series(rows: list[dict], split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
+    if not pts:
+        return np.array([]), np.array([])
+    s, v = zip(*pts)
+    return np.array(s), np.array(v, dtype=float)
+
+
+def _smooth(v: np.ndarray, n: int) -> np.ndarray:
+    """Mean over a trailing window of up to n points (the per-step training loss is noisy)."""
+    if len(v) == 0 or n <= 1:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    lo = np.maximum(np.arange(1, len(v) + 1) - n, 0)
+    return (c[1:] - c[lo]) / (np.arange(1, len(v) + 1) - lo)
+
+
+def _load(run_dir: Path) -> tuple[dict, list[dict]]:
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise UserError(f"{run_dir} has no metrics.jsonl", "give a run folder written by `trainlab train`")
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return summary, read_metrics(run_dir)
+
+
+def write_report(run_dir: str | Path, compare: list[str] | tuple[str, ...] = ()) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen needed
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    runs = [(run_dir, *_load(run_dir))] + [(Path(c), *_load(Path(c))) for c in compare]
+    summary, rows = runs[0][1], runs[0][2]
+    extra = sorted({k for r in rows if r["split"] == "val" for k in r} - {"step", "split", "time", "loss"})
+
+    fig, axes = plt.subplots(1, 1 + len(extra), figsize=(6 * (1 + len(extra)), 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (d, s, rs) in enumerate(runs):
+        label, c = s.get("recipe", d.name), colors[i % len(colors)]
+        for j, key in enumerate(["loss", *extra]):
+            ax = axes[0][j]
+            st, v = _series(rs, "train", key)
+            if len(v):
+                ax.plot(st, _smooth(v, max(1, len(v) // 50)), color=c, alpha=0.6, lw=1, label=f"{label} train")
+            st, v = _series(rs, "val", key)
+            if len(v):
+                ax.plot(st, v, color=c, lw=2, ls="--", marker="o", ms=3, label=f"{label} val")
+            ax.set_xlabel("optimizer step")
+            ax.set_title(key)
+            ax.grid(alpha=0.3)
+    axes[0][0].set_yscale("log")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    png = run_dir / "curves.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+    md = [f"# Run report: {summary.get('recipe', run_dir.name)}", "",
+          f"- status: {summary.get('status', 'unknown')}, {summary.get('steps', '?')} steps, "
+          f"{summary.get('wall_s', 0):.1f} s on {summary.get('device', '?')}, "
+          f"{summary.get('parameters', 0):,} parameters"]
+    if summary.get("best"):
+        b = summary["best"]
+        md.append(f"- best validation {b['metric']}: {b['value']:.4f} at step {b['step']}")
+    md += ["", "![training and validation curves](curves.png)", "", "## Final metrics", "",
+           "| run | split | " + " | ".join(["loss", *extra]) + " |", "|---|---|" + "---|" * (1 + len(extra))]
+    for d, s, _ in runs:
+        for split in ("train", "val"):
+            m = s.get("metrics", {}).get(split, {})
+            md.append(f"| {s.get('recipe', d.name)} | {split} | "
+                      + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in ["loss", *extra]) + " |")
+    md += ["", _gap_note(summary)]
+    for split in ("val", "test"):
+        p = run_dir / f"eval_{split}.json"
+        if p.is_file():
+            e = json.loads(p.read_text())
+            md += ["", f"## `trainlab eval --split {split}`", "", "| metric | model | baseline |", "|---|---|---|"]
+            md += [f"| {k} | {v:.4f} | {e['baseline'][k]:.4f} |" for k, v in e["metrics"].items() if isinstance(v, float)]
+            md.append(f"\nbaseline: {e['baseline']['name']}")
+    out = run_dir / "report.md"
+    out.write_text("\n".join(md) + "\n")
+    return out
+
+
+def _gap_note(summary: dict) -> str:
+    tr, va = summary.get("metrics", {}).get("train", {}), summary.get("metrics", {}).get("val", {})
+    if "loss" not in tr or "loss" not in va:
+        return ""
+    gap = va["loss"] - tr["loss"]
+    verdict = ("validation loss is far above training loss: the model is overfitting (more data, augmentation, "
+               "dropout, weight decay or early stopping help)" if gap > max(0.1, tr["loss"])
+               else "training and validation losses are close: no sign of strong overfitting")
+    return f"Generalization gap (val loss - train loss): {gap:.4f}; {verdict}."

@@ -1,0 +1,141 @@
+"""Run folders: where a run writes config.toml, metrics.jsonl, summary.json, TensorBoard events, and how it
+shows progress (a bar on a terminal, plain lines in a log file)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from trainlab.errors import UserError
+
+
+def new_run_dir(out_dir: str, name: str) -> Path:
+    """out_dir/name, or name-2, name-3, ... when taken: a new run never writes over an old one."""
+    base = Path(out_dir)
+    d, n = base / name, 1
+    while d.exists() and any(d.iterdir()):
+        n += 1
+        d = base / f"{name}-{n}"
+    return d
+
+
+def latest_run_dir(out_dir: str, name: str) -> Path:
+    base = Path(out_dir)
+    found = [d for d in base.glob(f"{name}*") if (d / "config.toml").is_file()
+             and (d.name == name or d.name[len(name):].lstrip("-").isdigit())]
+    if not found:
+        raise UserError(f"--resume found no run of '{name}' under {base}/", "give the run folder with --run-dir")
+    return max(found, key=lambda d: (d / "config.toml").stat().st_mtime)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(v):
+    return float(v) if hasattr(v, "__float__") else str(v)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line from a killed run
+    return out
+
+
+class MetricLog:
+    """metrics.jsonl (one JSON object per logged point) plus TensorBoard events when tensorboard is installed."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None = None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            # Drop what the interrupted run logged after its checkpoint: the resumed run logs it again.
+            kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.file = self.path.open("a")
+        self.tb = _tensorboard(run_dir)
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        row = {"step": step, "split": split, "time": round(time.time(), 3), **metrics}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+class _NoTensorBoard:
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the `tensorboard` extra is not installed
+        return _NoTensorBoard()
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+class Progress:
+    """A tqdm bar (step, loss, throughput, ETA) on a terminal; a plain line per log point otherwise."""
+
+    def __init__(self, total: int, initial: int, unit: str = "ex"):
+        self.total, self.unit, self.t0, self.step0 = total, unit, time.time(), initial
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(_fmt(metrics, self.unit), refresh=False)
+            return
+        done = step - self.step0
+        eta = (time.time() - self.t0) / max(done, 1) * (self.total - step)
+        print(f"step {step}/{self.total}  {_fmt(metrics, self.unit)}  eta {_duration(eta)}", flush=True)
+
+    def write(self, text: str) -> None:
+        (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt(metrics: dict[str, float], unit: str) -> str:
+    parts = []
+    for k, v in metrics.items():
+        if k == "throughput":
+            parts.append(f"{v:,.0f} {unit}/s")
+        elif k == "lr":
+            parts.append(f"lr {v:.2e}")
+        elif isinstance(v, float) and math.isfinite(v):
+            parts.append(f"{k} {v:.4g}")
+    return "  ".join(parts)
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
