@@ -171,21 +171,14 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
             with amp:
                 loss, metrics = objective.loss(model, batch)  # 1. forward pass, 2. loss
             (loss / L.grad_accum).backward()  # 3. backward pass: gradients summed over micro-batches
-            for k, v in {"loss": loss, **metrics}.items():
+            for k, v in {"loss": loss.detach(), **metrics}.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / L.grad_accum
             window_examples += len(next(iter(batch.values())))
         # Clip by the global norm (max_norm=inf only measures it); the norm is logged every step.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, L.clip_grad_norm or math.inf))
-        if not (math.isfinite(step_metrics["loss"]) and math.isfinite(grad_norm)):
-            bad = "loss" if not math.isfinite(step_metrics["loss"]) else "gradient norm"
-            value = step_metrics["loss"] if bad == "loss" else grad_norm
-            summary.update(status="failed", steps=step, error=f"{bad} {value} at step {step + 1}")
-            write_json(run_dir / "summary.json", summary)
-            log.close()
-            progress.close()
-            kept = f"the last good checkpoint (step {last_ckpt}) is intact" if last_ckpt else "no checkpoint was written"
-            raise UserError(f"the {bad} became {value} at step {step + 1}; training stopped, {kept}",
-                            "lower optim.lr, set loop.clip_grad_norm, or look for extreme values in the data")
+        for what, value in (("loss", step_metrics["loss"]), ("gradient norm", grad_norm)):
+            if not math.isfinite(value):  # stop before the update: the weights and checkpoints stay finite
+                _diverged(what, value, step + 1, last_ckpt, run_dir, summary, log, progress)
         optimizer.step()  # 4. parameter update
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -210,6 +203,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         if is_eval:
             val = evaluate(model, objective, data.eval_batches("val", L.eval_batches), device, amp)
             log.log(step, "val", val)
+            if not math.isfinite(val["loss"]):
+                _diverged("validation loss", val["loss"], step, last_ckpt, run_dir, summary, log, progress)
             _check_monitor(L.monitor, val)
             if _improved(val[L.monitor], best, L.monitor_mode):
                 best, evals_since_best, is_best = {"step": step, "metric": L.monitor, "value": val[L.monitor],
@@ -243,6 +238,18 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     print(f"done: {status} after {step} steps in {summary['wall_s']:.1f}s | val "
           + "  ".join(f"{k} {v:.4g}" for k, v in val.items()) + f" | {run_dir}", flush=True)
     return summary
+
+
+def _diverged(what: str, value: float, step: int, last_ckpt: int | None, run_dir: Path, summary: dict,
+              log: MetricLog, progress: Progress) -> None:
+    """Record the failure in summary.json and stop with a UserError; checkpoints are left as they are."""
+    summary.update(status="failed", steps=step, error=f"{what} {value} at step {step}")
+    write_json(run_dir / "summary.json", summary)
+    log.close()
+    progress.close()
+    kept = f"the last good checkpoint (step {last_ckpt}) is intact" if last_ckpt else "no checkpoint was written"
+    raise UserError(f"the {what} became {value} at step {step}; training stopped, {kept}",
+                    "lower optim.lr, set loop.clip_grad_norm, or look for extreme values in the data")
 
 
 def _check_monitor(monitor: str, val: dict) -> None:

@@ -1,0 +1,139 @@
+"""The `trainlab` command as a user runs it: every bundled recipe, eval, report, and bad input (exit status 2)."""
+
+import json
+
+import pytest
+
+from trainlab import config
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize("recipe", sorted(config.bundled_recipes()))
+def test_every_bundled_recipe_trains_evaluates_and_reports(tmp_path, recipe):
+    run = tmp_path / recipe
+    r = run_cli("train", recipe, "loop.max_steps=8", "loop.eval_every=4", "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    r = run_cli("eval", str(run), "--split", "test")
+    assert r.returncode == 0, r.stderr
+    assert "baseline" in r.stdout
+    result = json.loads((run / "eval_test.json").read_text())
+    assert result["split"] == "test" and set(result) >= {"metrics", "baseline"}
+    r = run_cli("report", str(run))
+    assert r.returncode == 0, r.stderr
+    assert (run / "report.md").is_file() and (run / "curves.png").stat().st_size > 1000
+
+
+def test_default_run_folders_are_numbered_not_overwritten(tmp_path):
+    for _ in range(2):
+        assert run_cli("train", "digits-mlp", "loop.max_steps=2", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "runs/digits-mlp/summary.json").is_file()
+    assert (tmp_path / "runs/digits-mlp-2/summary.json").is_file()
+    r = run_cli("train", "digits-mlp", "loop.max_steps=4", "--resume", cwd=tmp_path)  # the latest run
+    assert r.returncode == 2 and "differs" in r.stderr  # max_steps changed: refused, not silently mixed
+
+
+def test_eval_json_and_classification_metrics(tmp_path):
+    run = tmp_path / "r"
+    assert run_cli("train", "breast-cancer-mlp", "loop.max_steps=40", "--run-dir", str(run)).returncode == 0
+    r = run_cli("eval", str(run), "--split", "test", "--json")
+    out = json.loads(r.stdout)
+    m = out["metrics"]
+    assert {"accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion_matrix"} <= set(m)
+    assert sum(map(sum, m["confusion_matrix"])) == out["n"]
+    assert m["accuracy"] > out["baseline"]["accuracy"]
+
+
+def test_eval_regression_reports_in_target_units(tmp_path):
+    run = tmp_path / "r"
+    assert run_cli("train", "diabetes-mlp", "loop.max_steps=60", "--run-dir", str(run)).returncode == 0
+    out = json.loads(run_cli("eval", str(run), "--json").stdout)
+    assert {"mse", "mae", "r2"} <= set(out["metrics"])
+    assert out["baseline"]["mse"] > 1000  # progression scores are in the hundreds: original units, not z-scores
+    assert out["metrics"]["mse"] < out["baseline"]["mse"]
+
+
+def test_report_compares_runs(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("train", "digits-mlp", "loop.max_steps=8", "--run-dir", str(a)).returncode == 0
+    assert run_cli("train", "digits-overfit", "loop.max_steps=8", "--run-dir", str(b)).returncode == 0
+    assert run_cli("report", str(b), "--compare", str(a)).returncode == 0
+    md = (b / "report.md").read_text()
+    assert "digits-overfit" in md and "digits-mlp" in md and "Generalization gap" in md
+
+
+def test_recipes_lists_bundled_recipes_and_keys():
+    r = run_cli("recipes")
+    assert r.returncode == 0 and "digits-cnn" in r.stdout and "breast-cancer-mlp" in r.stdout
+    r = run_cli("recipes", "--keys")
+    assert "optim.lr = 0.001" in r.stdout and "loop.max_steps = 0" in r.stdout
+
+
+BAD = [
+    (["train", "no-such-recipe"], "no recipe named"),
+    (["train", "digits-mlp", "optim.lrr=0.1"], "unknown key 'optim.lrr'"),
+    (["train", "digits-mlp", "optim.lr=-1"], "'optim.lr' must be greater than 0"),
+    (["train", "digits-mlp", "loop.epochs=many"], "'loop.epochs'"),
+    (["train", "digits-mlp", "data.source=csv"], "needs data.path"),
+    (["train", "digits-mlp", "data.source=csv", "data.path=/no/such.csv"], "does not exist"),
+    (["eval", "/no/such/run"], "does not exist"),
+    (["report", "/no/such/run"], "no metrics.jsonl"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_error_line_with_a_hint_and_status_2(args, message):
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("hint: ")
+    assert "Traceback" not in r.stderr
+
+
+def test_malformed_recipe_and_empty_dataset(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlr = \n")
+    r = run_cli("train", str(bad))
+    assert r.returncode == 2 and "not valid TOML" in r.stderr
+    (tmp_path / "empty.csv").write_text("a,b,y\n")
+    r = run_cli("train", "digits-mlp", "data.source=csv", f"data.path={tmp_path / 'empty.csv'}")
+    assert r.returncode == 2 and "no data rows" in r.stderr
+
+
+def test_nan_loss_from_the_command_line(tmp_path):
+    run = tmp_path / "r"
+    r = run_cli("train", "diabetes-mlp", "loop.max_steps=400", "loop.clip_grad_norm=0", "optim.name=sgd",
+                "optim.lr=5.0", "optim.momentum=0.99", "schedule.name=constant", "loop.eval_every=2",
+                "--run-dir", str(run))
+    assert r.returncode == 2 and "error: the " in r.stderr and "at step" in r.stderr
+    assert (run / "checkpoints/last/model.safetensors").is_file()
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    r = run_cli("train", "digits-mlp", "--run-dir", str(tmp_path))
+    assert r.returncode == 2 and "already exists" in r.stderr
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_debug_shows_the_traceback():
+    r = run_cli("--debug", "train", "digits-mlp", "optim.lr=-1")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_user_csv_end_to_end(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = np.where(x[:, 0] + x[:, 1] > 0, "yes", "no")
+    lines = ["a,b,c,label"] + [f"{a:.4f},{b:.4f},{c:.4f},{t}" for (a, b, c), t in zip(x, y)]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    r = run_cli("train", "breast-cancer-mlp", "data.source=csv", f"data.path={tmp_path / 'd.csv'}",
+                "data.target=label", "loop.max_steps=150", "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(run_cli("eval", str(run), "--split", "test", "--json").stdout)
+    assert out["metrics"]["accuracy"] > 0.85 and list(out["metrics"]["per_class"]) == ["no", "yes"]
