@@ -67,7 +67,7 @@ def write_report(run_dir: str | Path, compare: list[str] | tuple[str, ...] = ())
             ax.set_title(key)
             ax.grid(alpha=0.3)
     axes[0][0].set_yscale("log")
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="best")
     fig.tight_layout()
     png = run_dir / "curves.png"
     fig.savefig(png, dpi=110)
