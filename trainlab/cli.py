@@ -52,6 +52,14 @@ def cmd_train(args) -> None:
                             "pass --resume to continue it, or choose another --run-dir")
     else:
         run_dir = runs.new_run_dir(cfg.run.out_dir, cfg.run.name)
+    if cfg.model.kind in config.CLASSICAL_KINDS:
+        if args.resume:
+            raise UserError(f"model.kind = '{cfg.model.kind}' is fitted in one call: there is nothing to resume",
+                            "run it again without --resume")
+        from trainlab import classical
+
+        classical.fit(cfg, run_dir)
+        return
     loop.train(cfg, run_dir, resume=args.resume)
 
 

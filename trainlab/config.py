@@ -36,7 +36,7 @@ class DataConfig(_Table):
     path: str = ""  # csv: the file; image_folder: the root (one sub-folder per class); idx: the images file
     labels_path: str = ""  # idx: the labels file
     target: str = ""  # csv: the target column (default: the last column)
-    task: Literal["auto", "classification", "regression"] = "auto"
+    task: Literal["auto", "classification", "regression", "unlabeled"] = "auto"  # unlabeled: no target column
     num_classes: int = Field(0, ge=0)  # 0 = infer from the labels; otherwise labels must lie in [0, num_classes)
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
@@ -50,21 +50,41 @@ class DataConfig(_Table):
     augment: bool = False  # images: random shifts and rotations of training batches
     augment_shift: float = Field(1.0, ge=0)  # pixels, at most
     augment_degrees: float = Field(10.0, ge=0, le=180)
+    anomaly_class: int = -1  # unsupervised: this class never reaches training and counts as the anomaly (-1 = none)
+
+
+CLASSICAL_KINDS = ("kmeans", "dbscan", "pca", "tsne", "umap")  # fitted by scikit-learn / umap-learn, no loop
+UNSUPERVISED_KINDS = CLASSICAL_KINDS + ("autoencoder", "vae")
 
 
 class ModelConfig(_Table):
-    kind: Literal["mlp", "cnn"] = "mlp"
-    hidden: list[PositiveInt] = [128]  # mlp: hidden widths
-    channels: list[PositiveInt] = [32, 64]  # cnn: width of each stage (stride-2 downsampling between stages)
+    # Supervised: mlp, cnn. Unsupervised, neural (the training loop): autoencoder, vae.
+    # Unsupervised, classical (fitted once): kmeans, dbscan, pca, tsne, umap.
+    kind: Literal["mlp", "cnn", "autoencoder", "vae", "kmeans", "dbscan", "pca", "tsne", "umap"] = "mlp"
+    hidden: list[PositiveInt] = [128]  # mlp, and the mlp autoencoder/vae: hidden widths of the encoder
+    channels: list[PositiveInt] = [32, 64]  # cnn, and the conv autoencoder/vae: width of each stage
     blocks: PositiveInt = 1  # cnn: residual blocks per stage
     dropout: float = Field(0.0, ge=0, lt=1)
     norm: Literal["batch", "layer", "none"] = "batch"
     activation: Literal["relu", "gelu"] = "relu"
+    arch: Literal["mlp", "conv"] = "mlp"  # autoencoder/vae: fully connected or convolutional encoder/decoder
+    latent_dim: PositiveInt = 8  # autoencoder/vae: size of the code
+    n_clusters: int = Field(10, ge=2)  # kmeans; and the k-means run on every other method's codes/embeddings
+    elbow_max_k: int = Field(0, ge=0)  # kmeans: also fit k = 2..elbow_max_k for the elbow plot (0 = skip)
+    eps: float = Field(0.5, gt=0)  # dbscan: neighbourhood radius (in standardized units)
+    min_samples: PositiveInt = 5  # dbscan: neighbours that make a core point
+    n_components: int = Field(2, ge=1)  # pca, tsne, umap: dimensions of the embedding
+    perplexity: float = Field(30.0, gt=0)  # tsne
+    n_neighbors: int = Field(15, ge=2)  # umap; also the k of the nearest-neighbour map that embeds new points
+    min_dist: float = Field(0.1, ge=0)  # umap
 
 
 class ObjectiveConfig(_Table):
-    kind: Literal["auto", "classification", "regression"] = "auto"  # auto follows the data's task
+    # auto: classification/regression from the data's task; reconstruction for autoencoders, elbo for VAEs
+    kind: Literal["auto", "classification", "regression", "reconstruction", "elbo"] = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    kl_weight: float = Field(1.0, ge=0)  # elbo: weight of the KL term (beta)
+    kl_warmup_steps: int = Field(0, ge=0)  # elbo: the KL weight ramps linearly from 0 over these steps
 
 
 class OptimConfig(_Table):

@@ -115,7 +115,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     L = cfg.loop
 
     model = models.build(cfg.model, data.info).to(device)
-    objective = objectives.build(cfg.objective, data.info)
+    objective = objectives.build(cfg.objective, data.info, cfg.model.kind)
     optimizer = build_optimizer(cfg.optim, model)
     ckpt_root = run_dir / "checkpoints"
 
@@ -165,6 +165,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     model.train()
     while step < L.steps:
         set_lr(optimizer, lr := cfg.optim.lr * lr_factor(step, L.steps, cfg.schedule))
+        if hasattr(objective, "step"):
+            objective.step = step  # objectives with their own schedules (a VAE's KL warm-up) read it
         step_metrics: dict[str, float] = {}
         for _ in range(L.grad_accum):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}

@@ -82,7 +82,9 @@ def build(cfg: DataConfig) -> Data:
                         "clean or impute the data before training")
 
     class_names: list[str] = []
-    if task == "classification":
+    if task == "unlabeled":
+        y = np.full(len(x), -1, dtype=np.int64)  # placeholders: nothing reads them as labels
+    elif task == "classification":
         y, class_names = _class_indices(y, meta.get("class_names"), cfg.num_classes)
     else:
         y = y.astype(np.float32)
@@ -91,13 +93,21 @@ def build(cfg: DataConfig) -> Data:
 
     stratify = y if task == "classification" else None
     idx = split_indices(len(x), cfg.val_fraction, cfg.test_fraction, cfg.split_seed, stratify)
+    if cfg.anomaly_class >= 0:
+        if task != "classification" or cfg.anomaly_class >= len(class_names):
+            raise UserError(f"data.anomaly_class = {cfg.anomaly_class} is not one of the data's classes "
+                            f"(0..{len(class_names) - 1})" if task == "classification" else
+                            f"data.anomaly_class needs labelled data; this data's task is '{task}'",
+                            "pick a class index, or set data.anomaly_class = -1")
+        # The anomaly never reaches training; validation and test keep it (to pick a threshold, to score).
+        idx["train"] = idx["train"][y[idx["train"]] != cfg.anomaly_class]
     if cfg.subset:
         idx["train"] = idx["train"][: cfg.subset]
 
     x = x.astype(np.float32)
     info: dict = {"task": task, "input_shape": list(x.shape[1:]), "source": cfg.source,
                   "num_classes": len(class_names), "class_names": class_names,
-                  "feature_names": meta.get("feature_names", [])}
+                  "feature_names": meta.get("feature_names", []), "anomaly_class": cfg.anomaly_class}
     if cfg.standardize:
         # Statistics of the training split only, so nothing leaks from validation or test.
         xt = x[idx["train"]]
@@ -108,12 +118,12 @@ def build(cfg: DataConfig) -> Data:
         std[std < 1e-8] = 1.0  # constant features stay constant instead of dividing by zero
         x = (x - mean) / std
         info["x_mean"], info["x_std"] = mean.reshape(-1).tolist(), std.reshape(-1).tolist()
-        if task == "regression":
+        if task == "regression":  # the model predicts z-scores; evaluation maps them back
             ym, ys = float(y[idx["train"]].mean()), float(y[idx["train"]].std() or 1.0)
             y = (y - ym) / ys
             info["y_mean"], info["y_std"] = ym, ys
 
-    y_t = torch.from_numpy(y.astype(np.int64) if task == "classification" else y.astype(np.float32))
+    y_t = torch.from_numpy(y.astype(np.float32) if task == "regression" else y.astype(np.int64))
     x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     splits = {name: Split(x_t[torch.from_numpy(i)], y_t[torch.from_numpy(i)]) for name, i in idx.items()}
     info["split_sizes"] = {name: len(s) for name, s in splits.items()}

@@ -23,9 +23,11 @@ def load_csv(path: str, target: str, task: str) -> tuple[np.ndarray, np.ndarray,
         raise UserError(f"CSV file {path} has no data rows", "give a header row and at least one row of values")
     header, body = rows[0], rows[1:]
     target = target or header[-1]
-    if target not in header:
+    if task == "unlabeled":
+        target = ""  # every column is a feature
+    elif target not in header:
         raise UserError(f"target column '{target}' is not in {path}; its columns are {header}", "set data.target")
-    t = header.index(target)
+    t = header.index(target) if target else -1
     for i, r in enumerate(body):
         if len(r) != len(header):
             raise UserError(f"{path} row {i + 2} has {len(r)} values, the header has {len(header)}",
@@ -39,6 +41,8 @@ def load_csv(path: str, target: str, task: str) -> tuple[np.ndarray, np.ndarray,
             except ValueError:
                 raise UserError(f"column '{header[c]}' of {path} is not numeric: row {i + 2} holds {r[c]!r}",
                                 "encode it as numbers or remove the column") from None
+    if t < 0:
+        return x, np.full(len(body), -1), {"task": "unlabeled", "feature_names": header}
     labels = [r[t] for r in body]
     y, inferred = _target(labels, task)
     return x, y, {"task": inferred, "feature_names": [header[c] for c in features]}

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from trainlab import config, data as data_lib, models
+from trainlab.config import UNSUPERVISED_KINDS
 from trainlab.errors import UserError
 from trainlab.eval import metrics as M
 from trainlab.runs import write_json
@@ -32,6 +33,12 @@ def evaluate_run(run_dir: str | Path, split: str = "val") -> dict:
     if split not in data.splits or len(data.splits[split]) == 0:
         raise UserError(f"the run has no '{split}' split (data.test_fraction = {cfg.data.test_fraction})",
                         "evaluate --split val, or train with data.test_fraction > 0")
+    if cfg.model.kind in UNSUPERVISED_KINDS:
+        from trainlab.eval import unsupervised
+
+        out = unsupervised.evaluate(model, info, cfg, data, split, run_dir)
+        write_json(run_dir / f"eval_{split}.json", out)
+        return out
     task, names = info["task"], info["class_names"]
     y_pred = predict(model, data.eval_batches(split), task)
     y_true, y_train = data.splits[split].y.numpy(), data.splits["train"].y.numpy()
@@ -51,8 +58,10 @@ def format_table(result: dict) -> str:
     """The headline metrics beside the baseline, then per-class scores and the confusion matrix."""
     m, b = result["metrics"], result["baseline"]
     keys = [k for k, v in m.items() if isinstance(v, float)]
-    lines = [f"{result['split']} split, {result['n']} examples", f"{'metric':<18}{'model':>10}{'baseline':>10}"]
-    lines += [f"{k:<18}{m[k]:>10.4f}{b[k]:>10.4f}" for k in keys]
+    used = set(result.get("labels_used", ()))
+    lines = [f"{result['split']} split, {result['n']} examples", f"{'metric':<18}{'model':>12}{'baseline':>12}"]
+    lines += [f"{k:<18}{m[k]:>12.4f}{b[k] if k in b else float('nan'):>12.4f}" + ("   (uses labels)" if k in used else "")
+              for k in keys]
     lines.append(f"baseline: {b['name']}")
     if "per_class" in m:
         lines.append("")

@@ -9,12 +9,23 @@ from pathlib import Path
 
 from torch import nn
 
-from trainlab.config import ModelConfig
+from trainlab.config import CLASSICAL_KINDS, ModelConfig
 from trainlab.errors import UserError
 
 
 def build(cfg: ModelConfig, info: dict) -> nn.Module:
     shape = info["input_shape"]
+    if cfg.kind in ("autoencoder", "vae"):
+        from trainlab.models.autoencoder import AutoEncoder
+
+        if cfg.arch == "conv" and len(shape) != 3:
+            raise UserError(f"model.arch = 'conv' needs images (C, H, W); this data has inputs of shape {shape}",
+                            "use model.arch = 'mlp' for tabular data")
+        return AutoEncoder(shape, cfg.latent_dim, cfg.arch, cfg.hidden, cfg.channels, cfg.kind == "vae",
+                           cfg.activation)
+    if cfg.kind in CLASSICAL_KINDS:
+        raise UserError(f"model.kind = '{cfg.kind}' is fitted by scikit-learn, not built as a network",
+                        "train it with `trainlab train`, which fits it directly")
     out = info["num_classes"] if info["task"] == "classification" else 1
     if cfg.kind == "mlp":
         from trainlab.models.mlp import MLP
@@ -35,7 +46,8 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
-    """(model in eval mode, info) from a run's model/ folder."""
+    """(model in eval mode, info) from a run's model/ folder; a classical model comes back as its
+    trainlab.models.classical wrapper."""
     from safetensors.torch import load_model
 
     d = Path(model_dir)
@@ -43,6 +55,10 @@ def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
         raise UserError(f"{d} holds no trained model (model.safetensors + config.json)",
                         "train first, or give the run folder of a finished `trainlab train`")
     meta = json.loads((d / "config.json").read_text())
+    if meta["model"]["kind"] in CLASSICAL_KINDS:
+        from trainlab.models import classical
+
+        return classical.load(d), meta["info"]
     model = build(ModelConfig.model_validate(meta["model"]), meta["info"])
     try:
         load_model(model, str(d / "model.safetensors"))

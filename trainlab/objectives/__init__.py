@@ -15,13 +15,29 @@ class Objective(Protocol):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]: ...
 
 
-def build(cfg: ObjectiveConfig, info: dict) -> Objective:
-    from trainlab.objectives.supervised import Classification, Regression
+def build(cfg: ObjectiveConfig, info: dict, model_kind: str = "mlp") -> Objective:
+    from trainlab.objectives import supervised, unsupervised
 
+    if model_kind in ("autoencoder", "vae"):
+        kind = {"autoencoder": "reconstruction", "vae": "elbo"}[model_kind] if cfg.kind == "auto" else cfg.kind
+        if kind == "elbo" and model_kind != "vae":
+            raise UserError("objective.kind = 'elbo' needs model.kind = 'vae'", "set objective.kind = 'auto'")
+        if kind == "reconstruction":
+            return unsupervised.Reconstruction()
+        if kind == "elbo":
+            return unsupervised.ELBO(cfg.kl_weight, cfg.kl_warmup_steps)
+        raise UserError(f"objective.kind = '{cfg.kind}' does not fit model.kind = '{model_kind}'",
+                        "set objective.kind = 'auto'")
+    if info.get("anomaly_class", -1) >= 0:
+        raise UserError("data.anomaly_class is for unsupervised models: a classifier never trained on that class "
+                        "cannot name it", "use model.kind = 'autoencoder', 'vae' or 'kmeans'")
     kind = info["task"] if cfg.kind == "auto" else cfg.kind
     if kind != info["task"]:
         raise UserError(f"objective.kind = '{cfg.kind}' does not fit data with task '{info['task']}'",
                         f"set objective.kind = 'auto' or data.task = '{cfg.kind}'")
     if kind == "classification":
-        return Classification(cfg.label_smoothing)
-    return Regression()
+        return supervised.Classification(cfg.label_smoothing)
+    if kind == "regression":
+        return supervised.Regression()
+    raise UserError(f"model.kind = '{model_kind}' needs labels, but the data is '{info['task']}'",
+                    "use an unsupervised model (autoencoder, vae, kmeans, ...) or give a target column")
