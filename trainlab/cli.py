@@ -73,7 +73,8 @@ def cmd_eval(args) -> None:
 def cmd_report(args) -> None:
     from trainlab.report import write_report
 
-    print(f"wrote {write_report(args.run_dir, args.compare)} and curves.png")
+    out = write_report(args.run_dir, args.compare)
+    print(f"wrote {out} with " + ", ".join(sorted(p.name for p in out.parent.glob("*.png"))))
 
 
 def cmd_recipes(args) -> None:

@@ -41,16 +41,58 @@ def _load(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def write_report(run_dir: str | Path, compare: list[str] | tuple[str, ...] = ()) -> Path:
+    run_dir = Path(run_dir)
+    runs = [(run_dir, *_load(run_dir))] + [(Path(c), *_load(Path(c))) for c in compare]
+    summary, rows = runs[0][1], runs[0][2]
+    md = [f"# Run report: {summary.get('recipe', run_dir.name)}", "",
+          f"- status: {summary.get('status', 'unknown')}, {summary.get('steps', '?')} steps, "
+          f"{summary.get('wall_s', 0):.1f} s on {summary.get('device', '?')}, "
+          f"{summary.get('parameters', 0):,} parameters"]
+    if summary.get("best"):
+        b = summary["best"]
+        md.append(f"- best validation {b['metric']}: {b['value']:.4f} at step {b['step']}")
+    if any(r["split"] == "train" and r["step"] > 0 for r in rows):  # a run of the training loop
+        md += _curves(run_dir, runs)
+    cfg_path = run_dir / "config.toml"
+    if cfg_path.is_file():
+        from trainlab import config
+
+        cfg = config.load_resolved(cfg_path)
+        if cfg.model.kind in config.UNSUPERVISED_KINDS:
+            md += _unsupervised(run_dir, cfg, rows)
+    for split in ("val", "test"):
+        p = run_dir / f"eval_{split}.json"
+        if p.is_file():
+            md += ["", f"## `trainlab eval --split {split}`", ""] + _eval_table(json.loads(p.read_text()))
+    out = run_dir / "report.md"
+    out.write_text("\n".join(md) + "\n")
+    return out
+
+
+def _eval_table(e: dict) -> list[str]:
+    used = e.get("labels_used")
+    head = "| metric | model | baseline |" + (" uses labels |" if used is not None else "")
+    lines = [head, "|---|---|---|" + ("---|" if used is not None else "")]
+    for k, v in e["metrics"].items():
+        if isinstance(v, float):
+            b = e["baseline"].get(k)
+            lines.append(f"| {k} | {v:.4f} | {'' if b is None else f'{b:.4f}'} |"
+                         + ((" yes |" if k in used else " no |") if used is not None else ""))
+    lines.append(f"\nbaseline: {e['baseline']['name']}")
+    if used is not None:
+        lines.append("\nMetrics marked 'yes' compare with the true labels, which were held back from fitting; "
+                     "the others use no labels at all.")
+    return lines
+
+
+def _curves(run_dir: Path, runs: list) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no screen needed
     import matplotlib.pyplot as plt
 
-    run_dir = Path(run_dir)
-    runs = [(run_dir, *_load(run_dir))] + [(Path(c), *_load(Path(c))) for c in compare]
     summary, rows = runs[0][1], runs[0][2]
     extra = sorted({k for r in rows if r["split"] == "val" for k in r} - {"step", "split", "time", "loss"})
-
     fig, axes = plt.subplots(1, 1 + len(extra), figsize=(6 * (1 + len(extra)), 4.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (d, s, rs) in enumerate(runs):
@@ -66,38 +108,51 @@ def write_report(run_dir: str | Path, compare: list[str] | tuple[str, ...] = ())
             ax.set_xlabel("optimizer step")
             ax.set_title(key)
             ax.grid(alpha=0.3)
-    axes[0][0].set_yscale("log")
+    if all(v > 0 for _, _, rs in runs for v in _series(rs, "train", "loss")[1]):
+        axes[0][0].set_yscale("log")
     axes[0][0].legend(fontsize=8, loc="best")
     fig.tight_layout()
-    png = run_dir / "curves.png"
-    fig.savefig(png, dpi=110)
+    fig.savefig(run_dir / "curves.png", dpi=110)
     plt.close(fig)
-
-    md = [f"# Run report: {summary.get('recipe', run_dir.name)}", "",
-          f"- status: {summary.get('status', 'unknown')}, {summary.get('steps', '?')} steps, "
-          f"{summary.get('wall_s', 0):.1f} s on {summary.get('device', '?')}, "
-          f"{summary.get('parameters', 0):,} parameters"]
-    if summary.get("best"):
-        b = summary["best"]
-        md.append(f"- best validation {b['metric']}: {b['value']:.4f} at step {b['step']}")
-    md += ["", "![training and validation curves](curves.png)", "", "## Final metrics", "",
-           "| run | split | " + " | ".join(["loss", *extra]) + " |", "|---|---|" + "---|" * (1 + len(extra))]
+    md = ["", "![training and validation curves](curves.png)", "", "## Final metrics", "",
+          "| run | split | " + " | ".join(["loss", *extra]) + " |", "|---|---|" + "---|" * (1 + len(extra))]
     for d, s, _ in runs:
         for split in ("train", "val"):
             m = s.get("metrics", {}).get(split, {})
             md.append(f"| {s.get('recipe', d.name)} | {split} | "
                       + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in ["loss", *extra]) + " |")
-    md += ["", _gap_note(summary)]
-    for split in ("val", "test"):
-        p = run_dir / f"eval_{split}.json"
-        if p.is_file():
-            e = json.loads(p.read_text())
-            md += ["", f"## `trainlab eval --split {split}`", "", "| metric | model | baseline |", "|---|---|---|"]
-            md += [f"| {k} | {v:.4f} | {e['baseline'][k]:.4f} |" for k, v in e["metrics"].items() if isinstance(v, float)]
-            md.append(f"\nbaseline: {e['baseline']['name']}")
-    out = run_dir / "report.md"
-    out.write_text("\n".join(md) + "\n")
-    return out
+    return md + ["", _gap_note(summary)]
+
+
+def _unsupervised(run_dir: Path, cfg, rows: list[dict]) -> list[str]:
+    """Pictures of the validation split, and its metrics with which of them needed labels."""
+    from trainlab import data as data_lib, models, plots
+    from trainlab.eval import unsupervised as U
+
+    model, info = models.load(run_dir / "model")
+    data = data_lib.build(cfg.data)
+    result = U.evaluate(model, info, cfg, data, "val", run_dir)
+    views = {s: U.make_view(model, info, data, s) for s in ("train", "val")}
+    U.cluster(views, cfg.model.n_clusters, cfg.run.seed)
+    v, shape, kind = views["val"], info["input_shape"], cfg.model.kind
+    md = ["", "## What the model found (validation split)", ""]
+    plots.embedding(v, run_dir / "embedding.png", kind, info["class_names"])
+    md.append("![2-D embedding coloured by cluster and by true class](embedding.png)")
+    if v.recon is not None and len(shape) == 3:
+        plots.image_grid([("input", v.x[:12]), ("reconstruction", v.recon[:12])], shape,
+                         run_dir / "reconstructions.png", f"{kind}: inputs and their reconstructions")
+        md.append("![inputs above their reconstructions](reconstructions.png)")
+    if kind == "vae" and len(shape) == 3:
+        plots.vae_samples(model, shape, run_dir / "samples.png", cfg.run.seed)
+        md.append("![samples decoded from the prior](samples.png)")
+    elbow = [r for r in rows if r["split"] == "elbow"]
+    if elbow:
+        plots.elbow(elbow, run_dir / "elbow.png")
+        md.append("![inertia and silhouette against k](elbow.png)")
+    if "threshold" in result["metrics"]:
+        plots.anomaly_scores(v, info["anomaly_class"], result["metrics"]["threshold"], run_dir / "anomaly_scores.png")
+        md.append("![anomaly scores of normal and anomalous examples](anomaly_scores.png)")
+    return md + ["", "### Validation metrics", ""] + _eval_table(result)
 
 
 def _gap_note(summary: dict) -> str:
