@@ -31,9 +31,12 @@ class RunConfig(_Table):
 
 
 class DataConfig(_Table):
-    # Bundled (no download): digits, breast_cancer, diabetes. Users' own: csv, image_folder, idx.
-    source: Literal["digits", "breast_cancer", "diabetes", "csv", "image_folder", "idx"] = "digits"
-    path: str = ""  # csv: the file; image_folder: the root (one sub-folder per class); idx: the images file
+    # Bundled (no download): digits, breast_cancer, diabetes; stdlib (the Python standard library's source as
+    # text). Users' own: csv, image_folder, idx; text (files, folders, globs), jsonl, hf_disk (datasets on disk).
+    source: Literal["digits", "breast_cancer", "diabetes", "csv", "image_folder", "idx",
+                    "stdlib", "text", "jsonl", "hf_disk"] = "digits"
+    path: str = ""  # csv: the file; image_folder: the root (one sub-folder per class); idx: the images file;
+    # text: a file, folder or glob; jsonl: a file or glob; hf_disk: the folder of Dataset.save_to_disk
     labels_path: str = ""  # idx: the labels file
     target: str = ""  # csv: the target column (default: the last column)
     task: Literal["auto", "classification", "regression", "unlabeled"] = "auto"  # unlabeled: no target column
@@ -50,6 +53,16 @@ class DataConfig(_Table):
     augment: bool = False  # images: random shifts and rotations of training batches
     augment_shift: float = Field(1.0, ge=0)  # pixels, at most
     augment_degrees: float = Field(10.0, ge=0, le=180)
+    # Text (language models):
+    text_field: str = "text"  # jsonl, hf_disk: the field holding the text
+    tokenizer: Literal["bpe", "char"] = "bpe"  # byte-level BPE trained on the training split, or characters
+    vocab_size: int = Field(4096, ge=2)  # bpe
+    block_size: PositiveInt = 256  # tokens of context per training window
+    split: Literal["documents", "tail"] = "documents"  # text: hold out whole documents (by a stable hash of
+    # their names), or cut the concatenated text: the last val_fraction + test_fraction (one-file corpora)
+    on_decode_error: Literal["skip", "error"] = "skip"  # a file that is not UTF-8: leave it out (counted) or stop
+    max_bytes: int = Field(0, ge=0)  # use documents (in a stable hash order) up to this many bytes (0 = all)
+    cache_dir: str = ""  # packed token files are cached here (default: ~/.cache/trainlab)
     anomaly_class: int = -1  # unsupervised: this class never reaches training and counts as the anomaly (-1 = none)
 
 
@@ -60,13 +73,14 @@ UNSUPERVISED_KINDS = CLASSICAL_KINDS + ("autoencoder", "vae")
 class ModelConfig(_Table):
     # Supervised: mlp, cnn. Unsupervised, neural (the training loop): autoencoder, vae.
     # Unsupervised, classical (fitted once): kmeans, dbscan, pca, tsne, umap.
-    kind: Literal["mlp", "cnn", "autoencoder", "vae", "kmeans", "dbscan", "pca", "tsne", "umap"] = "mlp"
+    # Language model: gpt.
+    kind: Literal["mlp", "cnn", "autoencoder", "vae", "kmeans", "dbscan", "pca", "tsne", "umap", "gpt"] = "mlp"
     hidden: list[PositiveInt] = [128]  # mlp, and the mlp autoencoder/vae: hidden widths of the encoder
     channels: list[PositiveInt] = [32, 64]  # cnn, and the conv autoencoder/vae: width of each stage
     blocks: PositiveInt = 1  # cnn: residual blocks per stage
     dropout: float = Field(0.0, ge=0, lt=1)
-    norm: Literal["batch", "layer", "none"] = "batch"
-    activation: Literal["relu", "gelu"] = "relu"
+    norm: Literal["batch", "layer", "rms", "none"] = "batch"  # gpt: layer or rms
+    activation: Literal["relu", "gelu", "swiglu"] = "relu"  # gpt: gelu or swiglu
     arch: Literal["mlp", "conv"] = "mlp"  # autoencoder/vae: fully connected or convolutional encoder/decoder
     latent_dim: PositiveInt = 8  # autoencoder/vae: size of the code
     n_clusters: int = Field(10, ge=2)  # kmeans; and the k-means run on every other method's codes/embeddings
@@ -77,14 +91,24 @@ class ModelConfig(_Table):
     perplexity: float = Field(30.0, gt=0)  # tsne
     n_neighbors: int = Field(15, ge=2)  # umap; also the k of the nearest-neighbour map that embeds new points
     min_dist: float = Field(0.1, ge=0)  # umap
+    n_layer: PositiveInt = 4  # gpt: Transformer blocks
+    n_head: PositiveInt = 4  # gpt: attention heads (n_embd must divide by it)
+    n_embd: PositiveInt = 128  # gpt: residual stream width
+    pos: Literal["rope", "learned"] = "rope"  # gpt: rotary or learned absolute positions
+    mlp_ratio: float = Field(4.0, gt=0)  # gpt: MLP hidden width / n_embd (x 2/3 for swiglu)
+    bias: bool = False  # gpt: biases in linear layers and LayerNorm
+    tie_weights: bool = True  # gpt: the output head shares the token embedding
+    moe_experts: int = Field(0, ge=0)  # gpt: experts per MLP (0 = dense)
+    moe_top_k: PositiveInt = 2  # gpt: experts each token is routed to
 
 
 class ObjectiveConfig(_Table):
     # auto: classification/regression from the data's task; reconstruction for autoencoders, elbo for VAEs
-    kind: Literal["auto", "classification", "regression", "reconstruction", "elbo"] = "auto"
+    kind: Literal["auto", "classification", "regression", "reconstruction", "elbo", "next_token"] = "auto"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     kl_weight: float = Field(1.0, ge=0)  # elbo: weight of the KL term (beta)
     kl_warmup_steps: int = Field(0, ge=0)  # elbo: the KL weight ramps linearly from 0 over these steps
+    moe_aux_weight: float = Field(0.01, ge=0)  # next_token: weight of the MoE load-balancing loss
 
 
 class OptimConfig(_Table):
@@ -119,6 +143,8 @@ class LoopConfig(_Table):
     monitor_mode: Literal["min", "max"] = "min"
     patience: int = Field(0, ge=0)  # evaluations without improvement before stopping; 0 = never stop early
     restore_best: bool = True  # export the best weights (by monitor) rather than the last ones
+    compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start on a CPU)
+    peak_flops: float = Field(0.0, ge=0)  # the device's peak FLOP/s for MFU (0 = known GPUs only)
 
     @field_validator("device")
     @classmethod

@@ -45,6 +45,17 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+# Dense bf16 peak FLOP/s from the vendors' data sheets, for MFU; other devices need loop.peak_flops.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12}
+
+
+def known_peak_flops(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0.0)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -116,6 +127,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
     model = models.build(cfg.model, data.info).to(device)
     objective = objectives.build(cfg.objective, data.info, cfg.model.kind)
+    # The compiled module runs the steps; `model` (same parameters) is what gets saved.
+    fast = torch.compile(model) if L.compile else model
     optimizer = build_optimizer(cfg.optim, model)
     ckpt_root = run_dir / "checkpoints"
 
@@ -157,7 +170,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         log.log(0, "val", val)
         _check_monitor(L.monitor, val)
 
-    progress = Progress(L.steps, step)
+    progress = Progress(L.steps, step, data.unit)
+    peak = L.peak_flops or (known_peak_flops(device) if not isinstance(amp, nullcontext) else 0.0)
+    flops_per_unit = model.flops_per_token() if data.unit == "tok" and hasattr(model, "flops_per_token") else 0.0
     params = [p for p in model.parameters() if p.requires_grad]
     t_start = t_window = time.time()
     window: dict[str, float] = {}
@@ -171,11 +186,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         for _ in range(L.grad_accum):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             with amp:
-                loss, metrics = objective.loss(model, batch)  # 1. forward pass, 2. loss
+                loss, metrics = objective.loss(fast, batch)  # 1. forward pass, 2. loss
             (loss / L.grad_accum).backward()  # 3. backward pass: gradients summed over micro-batches
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / L.grad_accum
-            window_examples += len(next(iter(batch.values())))
+            window_examples += data.count(batch)
         # Clip by the global norm (max_norm=inf only measures it); the norm is logged every step.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, L.clip_grad_norm or math.inf))
         for what, value in (("loss", step_metrics["loss"]), ("gradient norm", grad_norm)):
@@ -193,7 +208,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
             now = time.time()
             shown = {k: v / window_steps for k, v in window.items()}
             shown.update(throughput=window_examples / max(now - t_window, 1e-9), epoch=batches.epoch)
-            row.update(throughput=shown["throughput"], epoch=batches.epoch)
+            if peak and flops_per_unit:  # model FLOPs utilization: achieved training FLOP/s over the peak
+                shown["mfu"] = shown["throughput"] * flops_per_unit / peak
+            row.update({k: shown[k] for k in ("throughput", "epoch", "mfu") if k in shown})
             summary["metrics"]["train"] = {k: v for k, v in shown.items() if k not in ("lr",)}
             progress.update(step, {k: shown[k] for k in shown if k not in ("epoch", "grad_norm")})
             window, window_steps, window_examples, t_window = {}, 0, 0, now
@@ -231,7 +248,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         val = best["metrics"]
     if not val:  # a resumed run that had nothing left to do
         val = evaluate(model, objective, data.eval_batches("val", L.eval_batches), device, amp)
-    _export(run_dir / "model", model, cfg, data.info, step)
+    _export(run_dir / "model", model, cfg, data, step)
     log.close()
     summary.update(status=status, steps=step, wall_s=round(wall_before + time.time() - t_start, 3))
     summary["metrics"]["val"] = val
@@ -267,7 +284,7 @@ def _get(cfg: Config, dotted: str):
     return node
 
 
-def _export(model_dir: Path, model, cfg: Config, info: dict, step: int) -> None:
+def _export(model_dir: Path, model, cfg: Config, data, step: int) -> None:
     """model/: the weights and what is needed to rebuild and feed the model (`trainlab.models.load`)."""
     import json
     import os
@@ -279,8 +296,9 @@ def _export(model_dir: Path, model, cfg: Config, info: dict, step: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
-    meta = {"model": cfg.model.model_dump(mode="json"), "info": info, "recipe": cfg.run.name, "step": step}
+    meta = {"model": cfg.model.model_dump(mode="json"), "info": data.info, "recipe": cfg.run.name, "step": step}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    data.export(tmp)  # e.g. the tokenizer
     old = model_dir.with_name("model.old")
     shutil.rmtree(old, ignore_errors=True)
     if model_dir.exists():

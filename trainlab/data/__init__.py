@@ -39,6 +39,14 @@ class Data:
     info: dict  # json-serializable: saved beside the model so that it can be rebuilt and fed
     cfg: DataConfig = field(repr=False)
 
+    unit = "ex"  # what throughput counts
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(batch["x"])
+
+    def export(self, model_dir) -> None:
+        """Files the model needs beside its weights: none for arrays (the statistics are in config.json)."""
+
     def train_batches(self, seed: int) -> BatchStream:
         transform = None
         if self.cfg.augment and len(self.info["input_shape"]) == 3:
@@ -71,7 +79,15 @@ def load_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, dict]:
     return images.load_idx(cfg.path, cfg.labels_path)
 
 
-def build(cfg: DataConfig) -> Data:
+TEXT_SOURCES = ("stdlib", "text", "jsonl", "hf_disk")
+
+
+def build(cfg: DataConfig):
+    """A `Data` (arrays: tables and images) or a `TextData` (packed tokens), by data.source."""
+    if cfg.source in TEXT_SOURCES:
+        from trainlab.data.text import TextData
+
+        return TextData(cfg)
     x, y, meta = load_source(cfg)
     task = meta["task"] if cfg.task == "auto" else cfg.task
     if len(x) == 0:

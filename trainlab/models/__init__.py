@@ -14,7 +14,7 @@ from trainlab.errors import UserError
 
 
 def build(cfg: ModelConfig, info: dict) -> nn.Module:
-    shape = info["input_shape"]
+    shape = info.get("input_shape", [])
     if cfg.kind in ("autoencoder", "vae"):
         from trainlab.models.autoencoder import AutoEncoder
 
@@ -23,6 +23,25 @@ def build(cfg: ModelConfig, info: dict) -> nn.Module:
                             "use model.arch = 'mlp' for tabular data")
         return AutoEncoder(shape, cfg.latent_dim, cfg.arch, cfg.hidden, cfg.channels, cfg.kind == "vae",
                            cfg.activation)
+    if cfg.kind == "gpt" or "vocab_size" in info:
+        from trainlab.models.gpt import GPT, GPTConfig
+
+        if "vocab_size" not in info or cfg.kind != "gpt":
+            raise UserError(f"model.kind = '{cfg.kind}' with data of task '{info['task']}': language models need "
+                            "model.kind = 'gpt' and text data", "pair gpt with data.source stdlib, text, jsonl or hf_disk")
+        if cfg.n_embd % cfg.n_head or (cfg.n_embd // cfg.n_head) % 2:
+            raise UserError(f"model.n_embd = {cfg.n_embd} must split into model.n_head = {cfg.n_head} heads of an "
+                            "even width", "pick n_embd divisible by 2 * n_head")
+        if cfg.norm not in ("layer", "rms") or cfg.activation not in ("gelu", "swiglu"):
+            raise UserError(f"a GPT takes model.norm in ('layer', 'rms') and model.activation in ('gelu', 'swiglu'); "
+                            f"got norm = '{cfg.norm}', activation = '{cfg.activation}'", "set them in the recipe")
+        if cfg.moe_experts and cfg.moe_top_k > cfg.moe_experts:
+            raise UserError(f"model.moe_top_k = {cfg.moe_top_k} exceeds model.moe_experts = {cfg.moe_experts}",
+                            "route to at most as many experts as there are")
+        return GPT(GPTConfig(vocab_size=info["vocab_size"], block_size=info["block_size"], n_layer=cfg.n_layer,
+                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, norm=cfg.norm,
+                             pos=cfg.pos, mlp=cfg.activation, mlp_ratio=cfg.mlp_ratio, tie_weights=cfg.tie_weights,
+                             moe_experts=cfg.moe_experts, moe_top_k=cfg.moe_top_k))
     if cfg.kind in CLASSICAL_KINDS:
         raise UserError(f"model.kind = '{cfg.kind}' is fitted by scikit-learn, not built as a network",
                         "train it with `trainlab train`, which fits it directly")
@@ -42,7 +61,7 @@ def build(cfg: ModelConfig, info: dict) -> nn.Module:
 
 
 def num_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
 
 
 def load(model_dir: str | Path) -> tuple[nn.Module, dict]:

@@ -18,6 +18,15 @@ class Objective(Protocol):
 def build(cfg: ObjectiveConfig, info: dict, model_kind: str = "mlp") -> Objective:
     from trainlab.objectives import supervised, unsupervised
 
+    if model_kind == "gpt" or info["task"] == "language_modeling":
+        if model_kind != "gpt" or info["task"] != "language_modeling" or cfg.kind not in ("auto", "next_token"):
+            raise UserError(f"model.kind = '{model_kind}' with objective.kind = '{cfg.kind}' does not fit data with "
+                            f"task '{info['task']}'", "language models pair model.kind = 'gpt' with text sources "
+                            "(stdlib, text, jsonl, hf_disk) and objective.kind = 'auto'")
+        from trainlab.objectives.next_token import NextToken
+
+        return NextToken(cfg.moe_aux_weight)
+
     if model_kind in ("autoencoder", "vae"):
         kind = {"autoencoder": "reconstruction", "vae": "elbo"}[model_kind] if cfg.kind == "auto" else cfg.kind
         if kind == "elbo" and model_kind != "vae":

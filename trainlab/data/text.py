@@ -1,0 +1,289 @@
+"""Text for language models: corpora, whole-document splits, tokenize once into packed files, random windows.
+
+    corpus     the Python standard library's own source (default: ~12 MB on every machine, no download),
+               users' text files / folders / globs, JSONL with a text field, HF datasets saved on disk
+    split      whole documents go to train / val / test by a stable hash of their name
+    pack       every split tokenized once into a flat uint16 (uint32 when the vocabulary needs it) file, each
+               document followed by <|endoftext|>; cached under data.cache_dir by a hash of corpus,
+               tokenizer and settings
+    batches    random windows of block_size + 1 tokens: idx = w[:-1], targets = w[1:]
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from trainlab.config import DataConfig
+from trainlab.data import tokenizer as tok_lib
+from trainlab.errors import UserError
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+# ------------------------------------------------------------------------------------------------ corpora
+
+
+def stdlib_files() -> list[Path]:
+    """The standard library's .py files of the running interpreter, without tests and site-packages."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test"}
+    return sorted(f for f in root.rglob("*.py") if not skip & set(f.relative_to(root).parts))
+
+
+def user_files(path: str) -> list[Path]:
+    if any(ch in path for ch in "*?["):
+        files = [Path(p) for p in sorted(glob.glob(path, recursive=True)) if Path(p).is_file()]
+    elif Path(path).is_dir():
+        files = sorted(f for f in Path(path).rglob("*") if f.is_file() and not f.name.startswith("."))
+    elif Path(path).is_file():
+        files = [Path(path)]
+    else:
+        raise UserError(f"text path {path} does not exist", "set data.path to a file, a folder or a glob")
+    if not files:
+        raise UserError(f"no files match {path}", "set data.path to a file, a folder or a glob")
+    return files
+
+
+def documents(cfg: DataConfig) -> tuple[list[tuple[str, str]], int]:
+    """(name, text) pairs and the number of files skipped for not being UTF-8."""
+    if cfg.source == "jsonl":
+        return _jsonl_documents(cfg), 0
+    if cfg.source == "hf_disk":
+        return _hf_documents(cfg), 0
+    files = stdlib_files() if cfg.source == "stdlib" else user_files(cfg.path)
+    docs, skipped = [], 0
+    for f in files:
+        try:
+            docs.append((str(f), f.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as e:
+            if cfg.on_decode_error == "error":
+                raise UserError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})",
+                                "set data.on_decode_error=skip to leave such files out") from None
+            skipped += 1
+    return docs, skipped
+
+
+def _jsonl_documents(cfg: DataConfig) -> list[tuple[str, str]]:
+    docs = []
+    for f in user_files(cfg.path):
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{f} line {n} is not JSON: {e.msg}", "give one JSON object per line") from None
+            if not isinstance(row, dict) or not isinstance(row.get(cfg.text_field), str):
+                raise UserError(f"{f} line {n} has no text field '{cfg.text_field}'", "set data.text_field")
+            docs.append((f"{f}:{n}", row[cfg.text_field]))
+    return docs
+
+
+def _hf_documents(cfg: DataConfig) -> list[tuple[str, str]]:
+    try:
+        from datasets import load_from_disk
+    except ImportError:
+        raise UserError("data.source = 'hf_disk' needs the `datasets` package", "pip install datasets") from None
+    try:
+        ds = load_from_disk(cfg.path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"cannot load a dataset saved on disk at {cfg.path}: {e}",
+                        "give a folder written by Dataset.save_to_disk") from None
+    if hasattr(ds, "keys"):  # a DatasetDict: use every split's rows
+        rows = [(f"{k}:{i}", r[cfg.text_field]) for k in ds for i, r in enumerate(ds[k])]
+    else:
+        if cfg.text_field not in ds.column_names:
+            raise UserError(f"the dataset has no column '{cfg.text_field}'; it has {ds.column_names}",
+                            "set data.text_field")
+        rows = [(str(i), t) for i, t in enumerate(ds[cfg.text_field])]
+    return rows
+
+
+def _bucket(name: str) -> float:
+    """A stable number in [0, 1) per document name: the same document always lands in the same split."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+def split_documents(docs: list[tuple[str, str]], val: float, test: float) -> dict[str, list[str]]:
+    ranked = sorted(docs, key=lambda d: _bucket(d[0]))
+    out = {s: [] for s in SPLITS}
+    for name, text in ranked:
+        b = _bucket(name)
+        out["val" if b < val else "test" if b < val + test else "train"].append(text)
+    # Tiny corpora: make sure validation (and test, when asked for) hold at least one document.
+    for s, want in (("val", val > 0), ("test", test > 0)):
+        if want and not out[s] and len(out["train"]) > 1:
+            out[s].append(out["train"].pop())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ packing
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "trainlab"
+
+
+def _corpus_key(cfg: DataConfig) -> str:
+    if cfg.source == "stdlib":
+        files = stdlib_files()
+        ident = [sys.version] + [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    elif cfg.source == "hf_disk":
+        p = Path(cfg.path)
+        ident = [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(p.rglob("*")) if f.is_file()]
+    else:
+        ident = [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in user_files(cfg.path)]
+    settings = {k: getattr(cfg, k) for k in ("source", "text_field", "tokenizer", "vocab_size", "val_fraction",
+                                             "test_fraction", "max_bytes", "on_decode_error", "split")}
+    blob = json.dumps([FORMAT_VERSION, settings, ident])
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def pack(cfg: DataConfig) -> Path:
+    """The cache folder with tokenizer.json, {train,val,test}.bin and meta.json; built once per key."""
+    root = cache_root(cfg)
+    folder = root / f"{cfg.source}-{cfg.tokenizer}-{_corpus_key(cfg)}"
+    if (folder / "meta.json").is_file():
+        return folder
+    docs, skipped = documents(cfg)
+    if cfg.max_bytes:  # a representative subset: documents in hash order until the budget is spent
+        kept, total = [], 0
+        for d in sorted(docs, key=lambda d: _bucket(d[0])):
+            if total >= cfg.max_bytes:
+                break
+            kept.append(d)
+            total += len(d[1].encode())
+        docs = kept
+    docs = [d for d in docs if d[1]]
+    if not docs:
+        raise UserError(f"the corpus from data.source = '{cfg.source}' is empty"
+                        + (f" ({skipped} files skipped as not UTF-8)" if skipped else ""),
+                        "point data.path at non-empty UTF-8 text")
+    if cfg.split == "tail":  # like nanoGPT's shakespeare: the first 90% of the text trains, the rest validates
+        text = "\n".join(t for _, t in docs)
+        a = int(len(text) * (1 - cfg.val_fraction - cfg.test_fraction))
+        b = int(len(text) * (1 - cfg.test_fraction))
+        splits = {"train": [text[:a]], "val": [text[a:b]], "test": [text[b:]] if b < len(text) else []}
+    else:
+        splits = split_documents(docs, cfg.val_fraction, cfg.test_fraction)
+    print(f"tokenizing {len(docs):,} documents ({sum(len(t) for _, t in docs) / 1e6:.1f} M characters"
+          + (f", {skipped} non-UTF-8 files skipped" if skipped else "") + f") into {folder}", flush=True)
+    tokenizer = tok_lib.train_tokenizer(cfg.tokenizer, iter(splits["train"]), cfg.vocab_size)
+    dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32  # ids up to 65,535 fit in 16 bits
+    tmp = root / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tok_lib.save(tokenizer, tmp / "tokenizer.json")
+    meta = {"version": FORMAT_VERSION, "dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
+            "tokenizer": tokenizer.kind, "skipped_files": skipped, "splits": {}}
+    for s in SPLITS:
+        n_tok = _write_tokens(tokenizer, splits[s], tmp / f"{s}.bin", dtype)
+        meta["splits"][s] = {"documents": len(splits[s]), "tokens": n_tok,
+                             "bytes": sum(len(t.encode()) for t in splits[s])}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    try:
+        os.rename(tmp, folder)
+    except OSError:  # another process packed the same corpus first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _write_tokens(tokenizer, texts: list[str], path: Path, dtype) -> int:
+    from tqdm import tqdm
+
+    eot, chunk, n = tokenizer.eot_id, 256, 0
+    with open(path, "wb") as f:
+        for i in tqdm(range(0, len(texts), chunk), desc=path.stem, unit="chunk", disable=not sys.stderr.isatty()):
+            for ids in tokenizer.encode_batch(texts[i:i + chunk]):
+                a = np.asarray(ids + [eot], dtype=dtype)
+                f.write(a.tobytes())
+                n += len(a)
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ batches
+
+
+class WindowStream:
+    """Random windows of block_size + 1 tokens; window positions of step s come from a generator seeded by
+    (seed, s), so the whole state is the step count."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int):
+        self.tokens, self.batch_size, self.block_size, self.seed = tokens, batch_size, block_size, seed
+        self.step = 0
+        self.batches_per_epoch = max(1, len(tokens) // (batch_size * block_size))  # one pass, in expectation
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.batches_per_epoch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        starts = torch.randint(0, len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=g).numpy()
+        w = np.stack([self.tokens[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
+        self.step += 1
+        w = torch.from_numpy(w)
+        return {"idx": w[:, :-1], "targets": w[:, 1:]}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+class TextData:
+    unit = "tok"
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        self.folder = pack(cfg)
+        meta = json.loads((self.folder / "meta.json").read_text())
+        self.tokenizer = tok_lib.load(self.folder / "tokenizer.json")
+        self.tokens = {s: np.memmap(self.folder / f"{s}.bin", dtype=meta["dtype"], mode="r")
+                       if meta["splits"][s]["tokens"] else np.zeros(0, meta["dtype"]) for s in SPLITS}
+        for s in ("train", "val"):
+            if len(self.tokens[s]) < cfg.block_size + 2:
+                raise UserError(f"the {s} split has {len(self.tokens[s])} tokens, fewer than data.block_size + 2 = "
+                                f"{cfg.block_size + 2}", "use more text, a smaller data.block_size, or other fractions")
+        bpt = {s: m["bytes"] / m["tokens"] if m["tokens"] else 0.0 for s, m in meta["splits"].items()}
+        self.info = {"task": "language_modeling", "vocab_size": meta["vocab_size"], "block_size": cfg.block_size,
+                     "tokenizer": meta["tokenizer"], "eot_id": self.tokenizer.eot_id, "bytes_per_token": bpt,
+                     "split_sizes": {s: m["tokens"] for s, m in meta["splits"].items()},
+                     "documents": {s: m["documents"] for s, m in meta["splits"].items()},
+                     "skipped_files": meta["skipped_files"], "source": cfg.source}
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["idx"].numel()
+
+    def train_batches(self, seed: int) -> WindowStream:
+        return WindowStream(self.tokens["train"], self.cfg.batch_size, self.cfg.block_size, seed)
+
+    def eval_batches(self, split: str, limit: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Consecutive non-overlapping windows from the start of the split: the same tokens every time."""
+        t, T, B = self.tokens[split], self.cfg.block_size, self.cfg.eval_batch_size
+        n_windows = (len(t) - 1) // T
+        for k, first in enumerate(range(0, n_windows, B)):
+            if limit and k >= limit:
+                return
+            rows = [np.asarray(t[i * T:i * T + T + 1], dtype=np.int64) for i in range(first, min(first + B, n_windows))]
+            w = torch.from_numpy(np.stack(rows))
+            yield {"idx": w[:, :-1], "targets": w[:, 1:]}
+
+    def export(self, model_dir: Path) -> None:
+        shutil.copyfile(self.folder / "tokenizer.json", model_dir / "tokenizer.json")

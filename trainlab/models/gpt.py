@@ -1,0 +1,246 @@
+"""A decoder-only Transformer (GPT) for next-token prediction, with a KV cache for generation.
+
+    token embedding -> N x [x + attn(norm(x)); x + mlp(norm(x))] -> norm -> linear head (tied to the embedding)
+
+Attention is causal multi-head self-attention through torch's scaled_dot_product_attention (flash / memory-
+efficient kernels where the device has them). Positions are rotary (RoPE, Su et al., 2021) or learned.
+The MLP is GELU (GPT-2) or SwiGLU (Shazeer, 2020), optionally a mixture of experts with top-k routing and the
+Switch Transformer load-balancing loss (Fedus et al., 2021). Initialization follows GPT-2: N(0, 0.02), with the
+projections that write into the residual stream scaled by 1/sqrt(2 * n_layer).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 256  # the context length
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    norm: str = "rms"  # "layer" or "rms"
+    pos: str = "rope"  # "rope" or "learned"
+    mlp: str = "swiglu"  # "gelu" or "swiglu"
+    mlp_ratio: float = 4.0
+    tie_weights: bool = True
+    moe_experts: int = 0  # 0 = a dense MLP
+    moe_top_k: int = 2
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * g (Zhang & Sennrich, 2019): LayerNorm without centring, one reduction cheaper."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def _norm(cfg: GPTConfig) -> nn.Module:
+    return RMSNorm(cfg.n_embd) if cfg.norm == "rms" else nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
+def rope_tables(block_size: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * frequency, (T, head_dim / 2): frequency_i = base^(-2i / head_dim)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x1_i, x2_i) of x (B, nh, T, hs) by its position's angle; halves layout (GPT-NeoX)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far: (B, nh, block_size, hs) each, filled to `length`."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, device, dtype):
+        shape = (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj.residual_scaled = True
+
+    def forward(self, x, rope, cache: KVCache | None = None, layer: int = 0):
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (a.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for a in (q, k, v))  # (B, nh, T, hs)
+        start = cache.length if cache is not None else 0
+        if rope is not None:
+            cos, sin = rope[0][start:start + t], rope[1][start:start + t]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.k[layer][:, :, start:start + t] = k
+            cache.v[layer][:, :, start:start + t] = v
+            k, v = cache.k[layer][:, :, :start + t], cache.v[layer][:, :, :start + t]
+        if start == 0:
+            mask, causal = None, True  # the usual case: attend to self and the past
+        elif t == 1:
+            mask, causal = None, False  # one new token sees every cached one
+        else:  # new tokens after a cached prefix: token i sees the prefix and new tokens <= i
+            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        # SwiGLU has three matrices instead of two: 2/3 of the hidden width keeps the parameter count.
+        hidden = int(cfg.mlp_ratio * cfg.n_embd * (2 / 3 if self.swiglu else 1))
+        hidden = (hidden + 63) // 64 * 64 if hidden > 64 else hidden
+        self.up = nn.Linear(cfg.n_embd, hidden * (2 if self.swiglu else 1), bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.down.residual_scaled = True
+
+    def forward(self, x):
+        h = self.up(x)
+        if self.swiglu:
+            a, g = h.chunk(2, dim=-1)
+            return self.down(F.silu(g) * a)
+        return self.down(F.gelu(h, approximate="tanh"))
+
+
+class MoE(nn.Module):
+    """Mixture of experts: a router sends each token to its top-k of E expert MLPs, weighted by the router's
+    renormalized probabilities; only those k run, so compute per token stays that of k MLPs.
+
+    Load balancing (Switch Transformer): aux = E * sum_e f_e * P_e, with f_e the fraction of routing slots that
+    went to expert e and P_e the mean router probability of e; it is 1 when the load is uniform.
+    """
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.top_k, self.n_experts = cfg.moe_top_k, cfg.moe_experts
+        self.router = nn.Linear(cfg.n_embd, cfg.moe_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(cfg) for _ in range(cfg.moe_experts))
+        self.aux_loss = torch.zeros(())
+        self.load = torch.zeros(cfg.moe_experts)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        flat = x.reshape(-1, c)  # (N, C)
+        probs = self.router(flat).float().softmax(-1)  # (N, E)
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k)
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (chosen == e).nonzero(as_tuple=True)
+            if len(rows):
+                out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None])
+        frac = torch.bincount(chosen.flatten(), minlength=self.n_experts).float() / chosen.numel()
+        self.aux_loss = self.n_experts * (frac * probs.mean(0)).sum()
+        self.load = frac.detach()
+        return out.view(b, t, c)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.norm1, self.attn = _norm(cfg), CausalSelfAttention(cfg)
+        self.norm2 = _norm(cfg)
+        self.mlp = MoE(cfg) if cfg.moe_experts else MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache, layer))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = _norm(cfg)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.head.weight = self.wte.weight  # one matrix to read tokens in and out (Press & Wolf, 2017)
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(m, "residual_scaled", False) else 0.02
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab). With a cache, idx continues the cached tokens."""
+        b, t = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + t > self.cfg.block_size:
+            raise ValueError(f"{start + t} tokens exceed the context of {self.cfg.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + t, device=idx.device))
+        x = self.drop(x)
+        rope = (self.rope_cos, self.rope_sin) if self.wpe is None else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, i)
+        if cache is not None:
+            cache.length += t
+        return self.head(self.norm(x))
+
+    # ------------------------------------------------------------------ accounting
+    def moe_layers(self) -> list[MoE]:
+        return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
+
+    def aux_loss(self) -> torch.Tensor:
+        layers = self.moe_layers()
+        return sum(m.aux_loss for m in layers) / len(layers) if layers else torch.zeros(())
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        if non_embedding:
+            n -= self.wte.weight.numel() + (self.wpe.weight.numel() if self.wpe is not None else 0)
+        return n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 x the weights each token multiplies (forward 2, backward 4), with only
+        the k active experts of an MoE layer, plus attention's 12 * n_layer * n_embd * T (PaLM, appendix B)."""
+        c = self.cfg
+        per_layer = sum(p.numel() for n, p in self.blocks[0].named_parameters() if p.ndim == 2 and "experts" not in n)
+        if c.moe_experts:
+            expert = sum(p.numel() for p in self.blocks[0].mlp.experts[0].parameters() if p.ndim == 2)
+            per_layer += c.moe_top_k * expert
+        matmul = c.n_layer * per_layer + c.n_embd * c.vocab_size  # + the output head
+        return 6 * matmul + 12 * c.n_layer * c.n_embd * c.block_size
