@@ -21,6 +21,10 @@ demo: install
 	$(VENV)/bin/trainlab train digits-cnn --run-dir runs/demo-digits-cnn
 	$(VENV)/bin/trainlab eval runs/demo-digits-cnn --split test
 	$(VENV)/bin/trainlab report runs/demo-digits-cnn
+	rm -rf runs/demo-stdlib-gpt
+	$(VENV)/bin/trainlab train stdlib-gpt --run-dir runs/demo-stdlib-gpt
+	$(VENV)/bin/trainlab eval runs/demo-stdlib-gpt --split test
+	$(VENV)/bin/trainlab sample runs/demo-stdlib-gpt --prompt "def read_config(path):" --max-new-tokens 120 --seed 0
 
 test: install
 	$(PY) -m pytest tests

@@ -8,19 +8,45 @@ from trainlab import config
 from tests.conftest import run_cli
 
 
+@pytest.fixture(scope="session")
+def text_dir(tmp_path_factory):
+    """A small play-like text file and one token cache shared by the language-model recipes."""
+    d = tmp_path_factory.mktemp("text")
+    lines = [f"{name}:\nI {verb} thee, {obj}, as the {obj2} {verb}s the night.\n"
+             for name in ("ROMEO", "JULIET", "NURSE") for verb in ("love", "fear", "know", "see")
+             for obj in ("sweet friend", "good sir", "my lord") for obj2 in ("moon", "sun", "sea")]
+    (d / "play.txt").write_text("\n".join(lines * 3))
+    return d
+
+
+def recipe_args(recipe: str, text_dir) -> list[str]:
+    from trainlab.data import TEXT_SOURCES
+
+    source = config.load_recipe(recipe).data.source
+    if source not in TEXT_SOURCES:
+        return []
+    args = [f"data.cache_dir={text_dir / 'cache'}"]
+    return args + ([f"data.path={text_dir / 'play.txt'}"] if source == "text" else [])
+
+
 @pytest.mark.parametrize("recipe", sorted(config.bundled_recipes()))
-def test_every_bundled_recipe_trains_evaluates_and_reports(tmp_path, recipe):
+def test_every_bundled_recipe_trains_evaluates_and_reports(tmp_path, recipe, text_dir):
     run = tmp_path / recipe
-    r = run_cli("train", recipe, "loop.max_steps=8", "loop.eval_every=4", "--run-dir", str(run))
+    r = run_cli("train", recipe, "loop.max_steps=8", "loop.eval_every=4", *recipe_args(recipe, text_dir),
+                "--run-dir", str(run))
     assert r.returncode == 0, r.stderr
+    if config.load_recipe(recipe).model.kind == "gpt":
+        r = run_cli("sample", str(run), "--prompt", "I ", "--max-new-tokens", "20", "--seed", "0")
+        assert r.returncode == 0 and r.stdout.startswith("I "), r.stderr
     summary = json.loads((run / "summary.json").read_text())
     classical = config.load_recipe(recipe).model.kind in config.CLASSICAL_KINDS  # fitted in one call, no steps
     assert summary["status"] == "completed" and summary["steps"] == (0 if classical else 8)
-    r = run_cli("eval", str(run), "--split", "test")
+    split = "test" if config.load_recipe(recipe).data.test_fraction > 0 else "val"  # shakespeare-char has no test
+    r = run_cli("eval", str(run), "--split", split)
     assert r.returncode == 0, r.stderr
     assert "baseline" in r.stdout
-    result = json.loads((run / "eval_test.json").read_text())
-    assert result["split"] == "test" and set(result) >= {"metrics", "baseline"}
+    result = json.loads((run / f"eval_{split}.json").read_text())
+    assert result["split"] == split and set(result) >= {"metrics", "baseline"}
     r = run_cli("report", str(run))
     assert r.returncode == 0, r.stderr
     assert (run / "report.md").is_file()
@@ -142,3 +168,31 @@ def test_user_csv_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(run_cli("eval", str(run), "--split", "test", "--json").stdout)
     assert out["metrics"]["accuracy"] > 0.85 and list(out["metrics"]["per_class"]) == ["no", "yes"]
+
+
+def test_sample_bad_input(tmp_path, text_dir):
+    run = tmp_path / "lm"
+    assert run_cli("train", "shakespeare-char", "loop.max_steps=2", *recipe_args("shakespeare-char", text_dir),
+                   "--run-dir", str(run)).returncode == 0
+    r = run_cli("sample", str(run), "--prompt", "ROMEO " * 40)
+    assert r.returncode == 2 and "context is 64" in r.stderr and "--truncate" in r.stderr
+    assert run_cli("sample", str(run), "--prompt", "ROMEO " * 40, "--truncate", "--max-new-tokens", "5").returncode == 0
+    r = run_cli("sample", str(run), "--top-p", "0")
+    assert r.returncode == 2 and "top-p" in r.stderr
+    other = tmp_path / "other"
+    assert run_cli("train", "digits-mlp", "loop.max_steps=2", "--run-dir", str(other)).returncode == 0
+    r = run_cli("sample", str(other), "--prompt", "x")
+    assert r.returncode == 2 and "not a language model" in r.stderr
+    (run / "model" / "tokenizer.json").write_text('{"trainlab_tokenizer": "char", "chars": ["a", "b"]}')
+    r = run_cli("sample", str(run), "--prompt", "a")
+    assert r.returncode == 2 and "do not match" in r.stderr
+
+
+def test_language_model_eval_reports_perplexity_and_bits_per_byte(tmp_path, text_dir):
+    run = tmp_path / "lm"
+    assert run_cli("train", "shakespeare-char", "loop.max_steps=60", *recipe_args("shakespeare-char", text_dir),
+                   "--run-dir", str(run)).returncode == 0
+    out = json.loads(run_cli("eval", str(run), "--json").stdout)
+    m, b = out["metrics"], out["baseline"]
+    assert set(m) == {"loss", "perplexity", "bits_per_byte"} and m["perplexity"] == pytest.approx(2.718281828 ** m["loss"])
+    assert m["loss"] < b["loss"]  # 60 steps already beat unigram frequencies

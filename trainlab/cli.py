@@ -28,6 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val", choices=["val", "test"])
     e.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
 
+    g = sub.add_parser("sample", help="generate text from a trained language model")
+    g.add_argument("run_dir")
+    g.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set reaching p")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    g.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer than the context")
+
     r = sub.add_parser("report", help="write report.md and curves.png for a run")
     r.add_argument("run_dir")
     r.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR", help="overlay other runs' curves")
@@ -70,6 +81,30 @@ def cmd_eval(args) -> None:
     print(json.dumps(result, indent=2) if args.json else format_table(result))
 
 
+def cmd_sample(args) -> None:
+    from trainlab import models
+    from trainlab.data import tokenizer as tok_lib
+    from trainlab.generate import generate_text
+
+    model, info = models.load(Path(args.run_dir) / "model")
+    if info.get("task") != "language_modeling":
+        raise UserError(f"{args.run_dir} holds a {info.get('task')} model, not a language model",
+                        "sample from a run of a GPT recipe, e.g. stdlib-gpt")
+    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise UserError("--max-new-tokens must be >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1",
+                        "fix the sampling options")
+    tokenizer = tok_lib.load(Path(args.run_dir) / "model" / "tokenizer.json")
+    if tokenizer.vocab_size != model.cfg.vocab_size:
+        raise UserError(f"the tokenizer in {args.run_dir}/model has {tokenizer.vocab_size} tokens but the model was "
+                        f"trained with {model.cfg.vocab_size}: they do not match",
+                        "use the tokenizer.json written by the same training run")
+    print(args.prompt, end="", flush=True)
+    for piece in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
+                               args.top_p, args.seed, tuple(args.stop), args.truncate):
+        print(piece, end="", flush=True)
+    print()
+
+
 def cmd_report(args) -> None:
     from trainlab.report import write_report
 
@@ -98,7 +133,8 @@ def cmd_recipes(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report, "recipes": cmd_recipes}[args.command]
+    handler = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "report": cmd_report,
+               "recipes": cmd_recipes}[args.command]
     try:
         handler(args)
     except UserError as e:

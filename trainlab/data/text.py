@@ -180,7 +180,10 @@ def pack(cfg: DataConfig) -> Path:
         splits = split_documents(docs, cfg.val_fraction, cfg.test_fraction)
     print(f"tokenizing {len(docs):,} documents ({sum(len(t) for _, t in docs) / 1e6:.1f} M characters"
           + (f", {skipped} non-UTF-8 files skipped" if skipped else "") + f") into {folder}", flush=True)
-    tokenizer = tok_lib.train_tokenizer(cfg.tokenizer, iter(splits["train"]), cfg.vocab_size)
+    # BPE learns its merges from the training split only; a character vocabulary is the alphabet of the whole
+    # corpus (as in nanoGPT), or a character first seen in validation could not be encoded at all.
+    source_texts = splits["train"] if cfg.tokenizer == "bpe" else [t for s in SPLITS for t in splits[s]]
+    tokenizer = tok_lib.train_tokenizer(cfg.tokenizer, iter(source_texts), cfg.vocab_size)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32  # ids up to 65,535 fit in 16 bits
     tmp = root / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

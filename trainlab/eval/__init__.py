@@ -23,6 +23,39 @@ def predict(model: torch.nn.Module, batches, task: str) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+@torch.no_grad()
+def evaluate_language_model(model, data, split: str) -> dict:
+    """Loss (nats per token), perplexity and bits per byte over the whole split, beside a unigram model.
+
+    Bits per byte = loss / ln 2 * tokens / bytes: it does not depend on the tokenizer, so a character-level
+    and a BPE model of the same text compare directly.
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    nll, n = 0.0, 0
+    for batch in data.eval_batches(split):
+        logits = model(batch["idx"])
+        nll += float(F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), reduction="sum"))
+        n += batch["targets"].numel()
+    if n == 0:
+        raise UserError(f"the '{split}' split holds no complete window of data.block_size tokens",
+                        "evaluate another split, or train with a larger data.val_fraction/test_fraction")
+    bpt = data.info["bytes_per_token"][split]
+    # The baseline: every token drawn from the training split's token frequencies (add-one smoothed).
+    counts = np.bincount(np.asarray(data.tokens["train"]), minlength=data.info["vocab_size"]) + 1.0
+    logp = np.log(counts / counts.sum())
+    ev = np.asarray(data.tokens[split][: n + 1][1:n + 1]).astype(np.int64)
+    base = -float(logp[ev].mean())
+
+    def lm(loss):
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "bits_per_byte": loss / math.log(2) / bpt}
+
+    return {"split": split, "n": n, "task": "language_modeling", "metrics": lm(nll / n),
+            "baseline": {"name": "unigram token frequencies of the training split", **lm(base)}}
+
+
 def evaluate_run(run_dir: str | Path, split: str = "val") -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -30,6 +63,10 @@ def evaluate_run(run_dir: str | Path, split: str = "val") -> dict:
     cfg = config.load_resolved(run_dir / "config.toml")
     model, info = models.load(run_dir / "model")
     data = data_lib.build(cfg.data)  # the same seeded split the run was trained on
+    if info.get("task") == "language_modeling":
+        out = evaluate_language_model(model, data, split)
+        write_json(run_dir / f"eval_{split}.json", out)
+        return out
     if split not in data.splits or len(data.splits[split]) == 0:
         raise UserError(f"the run has no '{split}' split (data.test_fraction = {cfg.data.test_fraction})",
                         "evaluate --split val, or train with data.test_fraction > 0")
@@ -59,7 +96,8 @@ def format_table(result: dict) -> str:
     m, b = result["metrics"], result["baseline"]
     keys = [k for k, v in m.items() if isinstance(v, float)]
     used = set(result.get("labels_used", ()))
-    lines = [f"{result['split']} split, {result['n']} examples", f"{'metric':<18}{'model':>12}{'baseline':>12}"]
+    unit = "tokens" if result.get("task") == "language_modeling" else "examples"
+    lines = [f"{result['split']} split, {result['n']} {unit}", f"{'metric':<18}{'model':>12}{'baseline':>12}"]
     lines += [f"{k:<18}{m[k]:>12.4f}{b[k] if k in b else float('nan'):>12.4f}" + ("   (uses labels)" if k in used else "")
               for k in keys]
     lines.append(f"baseline: {b['name']}")
