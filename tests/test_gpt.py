@@ -218,3 +218,37 @@ def test_stop_strings_end_generation():
         stop = full[2:4]
         cut = "".join(generate_text(m, tok, "ab", 40, temperature=0, stop=(stop,)))
         assert cut == full[: full.find(stop)]
+
+
+def test_loop_logs_tokens_per_second_and_mfu_and_resumes_text_exactly(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from trainlab import checkpoint, config, loop
+
+    corpus = write_corpus(tmp_path / "c", n_docs=10, words=600)
+    args = ["data.source=text", f"data.path={corpus}", "data.tokenizer=char", "data.block_size=32",
+            "data.batch_size=4", f"data.cache_dir={tmp_path / 'cache'}", "model.n_layer=1", "model.n_embd=32",
+            "model.n_head=2", "loop.steps=12", "loop.eval_every=6", "loop.eval_batches=2", "loop.log_every=3",
+            "loop.peak_flops=1e12"]
+    cfg = config.load_recipe("stdlib-gpt", args)
+    loop.train(cfg, tmp_path / "a")
+    rows = [json.loads(line) for line in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "throughput" in r]
+    assert logged and all(0 < r["mfu"] < 1 and r["throughput"] > 0 for r in logged)
+
+    # A crash right after the step-6 checkpoint, then --resume: the same weights as the uninterrupted run.
+    real_save = checkpoint.save
+
+    def crash_after_step_6(root, step, *a, **kw):
+        out = real_save(root, step, *a, **kw)
+        if step == 6:
+            raise RuntimeError("simulated crash")
+        return out
+
+    monkeypatch.setattr(checkpoint, "save", crash_after_step_6)
+    with pytest.raises(RuntimeError):
+        loop.train(cfg, tmp_path / "b")
+    monkeypatch.undo()
+    loop.train(cfg, tmp_path / "b", resume=True)
+    a, b = load_file(tmp_path / "a/model/model.safetensors"), load_file(tmp_path / "b/model/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,14 +7,18 @@ optimizer and LR schedule, validation, early stopping, checkpoints, exact resume
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_model
 
 from trainlab import checkpoint, config, data as data_lib, models, objectives
 from trainlab.config import Config
@@ -286,12 +290,6 @@ def _get(cfg: Config, dotted: str):
 
 def _export(model_dir: Path, model, cfg: Config, data, step: int) -> None:
     """model/: the weights and what is needed to rebuild and feed the model (`trainlab.models.load`)."""
-    import json
-    import os
-    import shutil
-
-    from safetensors.torch import save_model
-
     tmp = model_dir.with_name("model.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
