@@ -252,3 +252,20 @@ def test_loop_logs_tokens_per_second_and_mfu_and_resumes_text_exactly(tmp_path, 
     loop.train(cfg, tmp_path / "b", resume=True)
     a, b = load_file(tmp_path / "a/model/model.safetensors"), load_file(tmp_path / "b/model/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hugging_face_dataset_saved_on_disk(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    texts = [f"document {i}: " + "lorem ipsum dolor " * 20 for i in range(30)]
+    Dataset.from_dict({"content": texts}).save_to_disk(str(tmp_path / "ds"))
+    d = TextData(DataConfig(source="hf_disk", path=str(tmp_path / "ds"), text_field="content", tokenizer="char",
+                            block_size=16, cache_dir=str(tmp_path / "cache")))
+    assert sum(d.info["documents"].values()) == 30
+    DatasetDict({"a": Dataset.from_dict({"content": texts[:10]}), "b": Dataset.from_dict({"content": texts[10:]})}
+                ).save_to_disk(str(tmp_path / "dd"))
+    d = TextData(DataConfig(source="hf_disk", path=str(tmp_path / "dd"), text_field="content", tokenizer="char",
+                            block_size=16, cache_dir=str(tmp_path / "cache")))
+    assert sum(d.info["documents"].values()) == 30
+    with pytest.raises(UserError, match="no column 'text'"):
+        TextData(DataConfig(source="hf_disk", path=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c2")))

@@ -101,13 +101,13 @@ def _hf_documents(cfg: DataConfig) -> list[tuple[str, str]]:
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"cannot load a dataset saved on disk at {cfg.path}: {e}",
                         "give a folder written by Dataset.save_to_disk") from None
-    if hasattr(ds, "keys"):  # a DatasetDict: use every split's rows
-        rows = [(f"{k}:{i}", r[cfg.text_field]) for k in ds for i, r in enumerate(ds[k])]
-    else:
-        if cfg.text_field not in ds.column_names:
-            raise UserError(f"the dataset has no column '{cfg.text_field}'; it has {ds.column_names}",
+    parts = dict(ds) if hasattr(ds, "keys") else {"": ds}  # a DatasetDict: every split's rows are documents
+    rows = []
+    for key, part in parts.items():
+        if cfg.text_field not in part.column_names:
+            raise UserError(f"the dataset has no column '{cfg.text_field}'; it has {part.column_names}",
                             "set data.text_field")
-        rows = [(str(i), t) for i, t in enumerate(ds[cfg.text_field])]
+        rows += [(f"{key}:{i}", t) for i, t in enumerate(part[cfg.text_field])]
     return rows
 
 
