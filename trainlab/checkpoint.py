@@ -54,13 +54,6 @@ def save(ckpt_root: Path, step: int, model: nn.Module, state: dict, links: tuple
     return final
 
 
-def link(ckpt_root: Path, target: Path, name: str) -> None:
-    """Point another name (e.g. best) at an existing checkpoint folder."""
-    _point(ckpt_root, name, target)
-    _fsync(ckpt_root)
-    prune(ckpt_root)
-
-
 def _point(ckpt_root: Path, name: str, target: Path) -> None:
     link_tmp = ckpt_root / f".{name}.tmp"
     if link_tmp.is_symlink() or link_tmp.exists():

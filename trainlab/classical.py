@@ -45,7 +45,7 @@ def fit(cfg: Config, run_dir: Path) -> dict:
     model, fit_metrics = classical.fit(cfg.model, x, cfg.run.seed)
     log.log(0, "train", fit_metrics)
     model.save(run_dir / "model", cfg.model, data.info)
-    val = unsupervised.evaluate(model, data.info, cfg, data, "val", run_dir)["metrics"]
+    val = unsupervised.evaluate(model, data.info, cfg, data, "val")["metrics"]
     log.log(0, "val", val)
     log.close()
     summary = {"status": "completed", "recipe": cfg.run.name, "steps": 0, "wall_s": round(time.time() - t0, 3),

@@ -131,9 +131,8 @@ def _unsupervised(run_dir: Path, cfg, rows: list[dict]) -> list[str]:
 
     model, info = models.load(run_dir / "model")
     data = data_lib.build(cfg.data)
-    result = U.evaluate(model, info, cfg, data, "val", run_dir)
-    views = {s: U.make_view(model, info, data, s) for s in ("train", "val")}
-    U.cluster(views, cfg.model.n_clusters, cfg.run.seed)
+    views = U.clustered_views(model, info, cfg, data, "val")  # built once, for the metrics and the pictures
+    result = U.evaluate(model, info, cfg, data, "val", views)
     v, shape, kind = views["val"], info["input_shape"], cfg.model.kind
     md = ["", "## What the model found (validation split)", ""]
     plots.embedding(v, run_dir / "embedding.png", kind, info["class_names"])

@@ -21,9 +21,6 @@ from trainlab.data.batches import BatchStream, eval_batches
 from trainlab.data.split import split_indices
 from trainlab.errors import UserError
 
-SPLITS = ("train", "val", "test")
-
-
 @dataclass
 class Split:
     x: torch.Tensor  # float32 (N, features) or (N, C, H, W)

@@ -139,12 +139,11 @@ def cache_root(cfg: DataConfig) -> Path:
 def _corpus_key(cfg: DataConfig) -> str:
     if cfg.source == "stdlib":
         files = stdlib_files()
-        ident = [sys.version] + [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
     elif cfg.source == "hf_disk":
-        p = Path(cfg.path)
-        ident = [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(p.rglob("*")) if f.is_file()]
+        files = [f for f in sorted(Path(cfg.path).rglob("*")) if f.is_file()]
     else:
-        ident = [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in user_files(cfg.path)]
+        files = user_files(cfg.path)
+    ident = [sys.version] + [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
     settings = {k: getattr(cfg, k) for k in ("source", "text_field", "tokenizer", "vocab_size", "val_fraction",
                                              "test_fraction", "max_bytes", "on_decode_error", "split")}
     blob = json.dumps([FORMAT_VERSION, settings, ident])

@@ -73,7 +73,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val") -> dict:
     if cfg.model.kind in UNSUPERVISED_KINDS:
         from trainlab.eval import unsupervised
 
-        out = unsupervised.evaluate(model, info, cfg, data, split, run_dir)
+        out = unsupervised.evaluate(model, info, cfg, data, split)
         write_json(run_dir / f"eval_{split}.json", out)
         return out
     task, names = info["task"], info["class_names"]

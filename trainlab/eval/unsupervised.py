@@ -90,11 +90,17 @@ def anomaly_metrics(score: np.ndarray, is_anomaly: np.ndarray, threshold: float)
             "precision": float(p), "recall": float(r), "f1": float(f), "threshold": float(threshold)}
 
 
-def evaluate(model, info: dict, cfg, data, split: str, run_dir) -> dict:
-    seed = cfg.run.seed
+def clustered_views(model, info: dict, cfg, data, split: str) -> dict[str, View]:
+    """Views of the training split (to fit clusters and normalize), `split`, and validation (thresholds)."""
     names = ["train", split] + (["val"] if split != "val" else [])
     views = {s: make_view(model, info, data, s) for s in names}
-    cluster(views, cfg.model.n_clusters, seed)
+    cluster(views, cfg.model.n_clusters, cfg.run.seed)
+    return views
+
+
+def evaluate(model, info: dict, cfg, data, split: str, views: dict[str, View] | None = None) -> dict:
+    seed = cfg.run.seed
+    views = views or clustered_views(model, info, cfg, data, split)
     v = views[split]
     m = cluster_metrics(v.z, v.clusters, v.y)
     if cfg.model.kind == "kmeans":

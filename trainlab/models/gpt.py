@@ -228,12 +228,6 @@ class GPT(nn.Module):
         layers = self.moe_layers()
         return sum(m.aux_loss for m in layers) / len(layers) if layers else torch.zeros(())
 
-    def num_parameters(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
-        if non_embedding:
-            n -= self.wte.weight.numel() + (self.wpe.weight.numel() if self.wpe is not None else 0)
-        return n
-
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 x the weights each token multiplies (forward 2, backward 4), with only
         the k active experts of an MoE layer, plus attention's 12 * n_layer * n_embd * T (PaLM, appendix B)."""
