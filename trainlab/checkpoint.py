@@ -5,6 +5,9 @@
     checkpoints/last -> step-0000200             symlinks, swapped atomically with os.replace
     checkpoints/best -> step-0000150
 
+A sharded (FSDP) run writes shards/ (torch.distributed.checkpoint: every rank its part of the weights and
+optimizer state) instead of model.safetensors, and state.pt without the optimizer (see trainlab.distributed).
+
 A checkpoint is written whole into a temporary folder, fsynced, renamed into place, and only then do the links
 move; so `last` always points at a complete checkpoint, and older step folders are deleted only after that.
 """
@@ -21,7 +24,7 @@ from torch import nn
 
 from trainlab.errors import UserError
 
-WEIGHTS, STATE = "model.safetensors", "state.pt"
+WEIGHTS, STATE, SHARDS = "model.safetensors", "state.pt", "shards"
 
 
 def _fsync(path: Path) -> None:
@@ -39,8 +42,14 @@ def save(ckpt_root: Path, step: int, model: nn.Module, state: dict, links: tuple
     tmp.mkdir()
     save_model(model, str(tmp / WEIGHTS))
     torch.save(state, tmp / STATE)
-    for f in (WEIGHTS, STATE):
-        _fsync(tmp / f)
+    return commit(ckpt_root, tmp, step, links)
+
+
+def commit(ckpt_root: Path, tmp: Path, step: int, links: tuple[str, ...]) -> Path:
+    """Make the complete checkpoint written in `tmp` durable, give it its step name, then move the links."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            _fsync(f)
     _fsync(tmp)
     final, n = ckpt_root / f"step-{step:07d}", 1
     while final.exists():  # e.g. best and last at one step written separately, or a resumed run
@@ -72,20 +81,26 @@ def prune(ckpt_root: Path) -> None:
 
 def load(path: Path, model: nn.Module) -> dict:
     """Load weights into `model` and return the rest of the state. Damage is a UserError, not a traceback."""
-    if not (path / WEIGHTS).is_file() or not (path / STATE).is_file():
-        raise UserError(f"no complete checkpoint at {path}",
-                        "resume needs a run folder whose training wrote a checkpoint; start without --resume")
+    state = load_state(path, need=WEIGHTS)
     try:
         load_model(model, str(path / WEIGHTS))
     except Exception as e:  # safetensors raises several types on damaged or mismatched files
-        raise UserError(f"checkpoint {path.resolve()} is corrupt or does not fit the model ({_first_line(e)})",
+        raise UserError(f"checkpoint {path.resolve()} is corrupt or does not fit the model ({first_line(e)})",
                         "delete the run folder to start over, or resume a run with an intact checkpoint") from None
+    return state
+
+
+def load_state(path: Path, need: str) -> dict:
+    """state.pt of the checkpoint at `path` (weights_only: no code runs), once `need` is there beside it."""
+    if not (path / need).exists() or not (path / STATE).is_file():
+        raise UserError(f"no complete checkpoint at {path}" + (f" (it has no {need})" if path.is_dir() else ""),
+                        "resume needs a run folder whose training wrote a checkpoint; start without --resume")
     try:
         return torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"checkpoint state {path.resolve() / STATE} is corrupt ({_first_line(e)})",
+        raise UserError(f"checkpoint state {path.resolve() / STATE} is corrupt ({first_line(e)})",
                         "delete the run folder to start over, or resume a run with an intact checkpoint") from None
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

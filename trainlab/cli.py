@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -49,21 +50,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> None:
-    from trainlab import config, loop, runs
+    from trainlab import config, distributed, loop
 
     cfg = config.load_recipe(args.recipe, args.overrides)
-    if args.resume:
-        run_dir = Path(args.run_dir) if args.run_dir else runs.latest_run_dir(cfg.run.out_dir, cfg.run.name)
-        if not (run_dir / "config.toml").is_file():
-            raise UserError(f"--resume: {run_dir} is not a run folder (no config.toml)", "give --run-dir of a run")
-    elif args.run_dir:
-        run_dir = Path(args.run_dir)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise UserError(f"run folder {run_dir} already exists and is not empty",
-                            "pass --resume to continue it, or choose another --run-dir")
-    else:
-        run_dir = runs.new_run_dir(cfg.run.out_dir, cfg.run.name)
     if cfg.model.kind in config.CLASSICAL_KINDS:
+        if distributed.launched():
+            raise UserError(f"model.kind = '{cfg.model.kind}' is fitted in one call by one process",
+                            "run it without torchrun")
+        run_dir = _train_dir(args, cfg)
         if args.resume:
             raise UserError(f"model.kind = '{cfg.model.kind}' is fitted in one call: there is nothing to resume",
                             "run it again without --resume")
@@ -71,7 +65,37 @@ def cmd_train(args) -> None:
 
         classical.fit(cfg, run_dir)
         return
-    loop.train(cfg, run_dir, resume=args.resume)
+    with distributed.session(cfg.loop) as ctx:
+        # Rank 0 picks the folder (a numbered one may be taken meanwhile) and every process uses it.
+        found = ctx.broadcast(_attempt(_train_dir, args, cfg) if ctx.main else None)
+        if isinstance(found, tuple):
+            raise UserError(*found)
+        loop.train(cfg, found, resume=args.resume, ctx=ctx)
+
+
+def _attempt(fn, *args):
+    """fn(*args), or its UserError as (message, hint): something that can be sent to the other processes."""
+    try:
+        return fn(*args)
+    except UserError as e:
+        return e.message, e.hint
+
+
+def _train_dir(args, cfg) -> Path:
+    from trainlab import runs
+
+    if args.resume:
+        run_dir = Path(args.run_dir) if args.run_dir else runs.latest_run_dir(cfg.run.out_dir, cfg.run.name)
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"--resume: {run_dir} is not a run folder (no config.toml)", "give --run-dir of a run")
+        return run_dir
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise UserError(f"run folder {run_dir} already exists and is not empty",
+                            "pass --resume to continue it, or choose another --run-dir")
+        return run_dir
+    return runs.new_run_dir(cfg.run.out_dir, cfg.run.name)
 
 
 def cmd_eval(args) -> None:
@@ -140,14 +164,33 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        _report(f"error: {e.message}", f"hint: {e.hint}" if e.hint else "")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # under torchrun: another process died, or a collective timed out
+        from trainlab import distributed
+
+        if args.debug or not distributed.launched() or not distributed.peer_failure(e):
+            raise
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0])[:160]  # drop the source path
+        _report(f"error: rank {distributed.rank()} lost the other processes of this distributed run ({detail})",
+                "torchrun's summary names the process that failed first; fix it, then train again with --resume")
+        return 1
     return 0
+
+
+def _report(*lines: str) -> None:
+    """One error, printed once: by rank 0 of a distributed run (every rank raises the same error when all see
+    the same input). Every rank also leaves it in torchrun's error file, which torchrun's summary shows, so an
+    error only one rank met is not lost."""
+    from trainlab import distributed
+
+    text = "\n".join(line for line in lines if line)
+    if distributed.rank() == 0:
+        print(text, file=sys.stderr)
+    distributed.record_error(text)
 
 
 if __name__ == "__main__":

@@ -7,38 +7,23 @@ optimizer and LR schedule, validation, early stopping, checkpoints, exact resume
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
-import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_model
+from torch import nn
 
-from trainlab import checkpoint, config, data as data_lib, models, objectives
+from trainlab import config, data as data_lib, distributed, models, objectives
 from trainlab.config import Config
+from trainlab.distributed import Dist
 from trainlab.errors import UserError
 from trainlab.optim import build_optimizer, lr_factor, set_lr
-from trainlab.runs import MetricLog, Progress, write_json
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"loop.device = '{name}' but CUDA is not available here", "use loop.device=auto or cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("loop.device = 'mps' but MPS is not available here", "use loop.device=auto or cpu")
-    return torch.device(name)
+from trainlab.runs import MetricLog, Progress, RunWriter
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -95,21 +80,38 @@ def resolve(cfg: Config, steps_per_epoch: int) -> Config:
 
 
 @torch.no_grad()
-def evaluate(model, objective, batches, device, amp) -> dict[str, float]:
-    """Example-weighted means of the loss and the objective's metrics over `batches`, in eval mode."""
-    was_training = model.training
-    model.eval()
+def evaluate(step: nn.Module, batches, device, amp, ctx: Dist | None = None) -> dict[str, float]:
+    """Example-weighted means of the loss and the objective's metrics over `batches`, in eval mode.
+    `step` maps a batch to (loss, metrics): an objective.LossModule, or the loop's wrapped one. With several
+    processes each takes every world-th batch and the sums are added up; all ranks run the same number of
+    forward passes (a rank out of batches repeats one with weight 0), as sharded models need."""
+    world, rank = (ctx.world, ctx.rank) if ctx else (1, 0)
+    was_training = step.training
+    step.eval()
     sums: dict[str, float] = {}
     n = 0
-    for batch in batches:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    source = iter(batches)
+    spare = next(source, None)
+    mine = itertools.islice(itertools.chain([spare], source), rank, None, world) if spare is not None else iter(())
+    while True:
+        batch = next(mine, None)
+        more = batch is not None
+        if not (ctx.any(more) if world > 1 else more):
+            break
+        weight = 1 if batch is not None else 0
+        batch = {k: v.to(device, non_blocking=True) for k, v in (batch or spare).items()}
         b = len(next(iter(batch.values())))
         with amp:
-            loss, metrics = objective.loss(model, batch)
+            loss, metrics = step(batch)
         for k, v in {"loss": loss, **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * b
-        n += b
-    model.train(was_training)
+            sums[k] = sums.get(k, 0.0) + float(v) * b * weight
+        n += b * weight
+    step.train(was_training)
+    if hasattr(step, "reshard"):  # FSDP keeps the root's weights gathered after a forward without backward
+        step.reshard()
+    if world > 1 and sums:
+        totals = ctx.sum([*sums.values(), n])
+        sums, n = dict(zip(sums, totals[:-1])), totals[-1]
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
@@ -119,22 +121,29 @@ def _improved(value: float, best: dict | None, mode: str) -> bool:
     return value < best["value"] if mode == "min" else value > best["value"]
 
 
-def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
-    """Train the recipe `cfg` into `run_dir`; return the summary (also written to summary.json)."""
+def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = None) -> dict:
+    """Train the recipe `cfg` into `run_dir`; return the summary (also written to summary.json).
+    `ctx`: this process's place in a distributed run (trainlab.distributed.session); None: a single process."""
+    if ctx is None:
+        with distributed.session(cfg.loop) as ctx:
+            return train(cfg, run_dir, resume, ctx)
     seed_everything(cfg.run.seed)
-    device = pick_device(cfg.loop.device)
+    device = ctx.device
     amp = autocast_for(device, cfg.loop.precision)
-    data = data_lib.build(cfg.data)
+    data = ctx.local_first(lambda: data_lib.build(cfg.data))  # one process per machine packs a corpus cache
     batches = data.train_batches(cfg.run.seed)
     cfg = resolve(cfg, max(1, batches.batches_per_epoch // cfg.loop.grad_accum))
     L = cfg.loop
+    plan = ctx.plan(batches.batch_size, L.grad_accum)
 
     model = models.build(cfg.model, data.info).to(device)
+    ctx.seed(cfg.run.seed)
     objective = objectives.build(cfg.objective, data.info, cfg.model.kind)
-    # The compiled module runs the steps; `model` (same parameters) is what gets saved.
-    fast = torch.compile(model) if L.compile else model
+    # `step` runs forward + loss (compiled, DDP- or FSDP-wrapped as asked); `model` is what gets saved.
+    step_fn = ctx.wrap(model, objective, L.compile)
     optimizer = build_optimizer(cfg.optim, model)
     ckpt_root = run_dir / "checkpoints"
+    writer = ctx.main_only(RunWriter, run_dir)
 
     step, best, evals_since_best, wall_before, last_ckpt = 0, None, 0, 0.0, None
     if resume:
@@ -143,41 +152,43 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
             diff = [k for k in config.all_keys() if _get(saved, k) != _get(cfg, k)]
             raise UserError(f"--resume with a recipe that differs from the run's config.toml in {', '.join(diff)}",
                             f"resume with the same recipe and overrides, or start a new run")
-        state = checkpoint.load(ckpt_root / "last", model)
-        optimizer.load_state_dict(state["optimizer"])
+        state = ctx.load_checkpoint(ckpt_root / "last", model, optimizer)
         batches.load_state_dict(state["batches"])
-        set_rng_state(state["rng"])
         step, last_ckpt = state["step"], state["step"]
+        if (rng := ctx.pick_rng(state, cfg.run.seed, step)) is not None:
+            set_rng_state(rng)
         best, evals_since_best, wall_before = state["best"], state["evals_since_best"], state["wall_s"]
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(cfg, run_dir / "config.toml")
-    log = MetricLog(run_dir, resume_step=step if resume else None)
+        writer.config(cfg)
+    log = ctx.main_only(MetricLog, run_dir, resume_step=step if resume else None)
 
     n_params = models.num_parameters(model)
     sizes = data.info["split_sizes"]
-    print(f"trainlab: {cfg.run.name} | {n_params:,} parameters | train/val/test {sizes['train']:,}/{sizes['val']:,}/"
-          f"{sizes['test']:,} | {L.steps} steps x {batches.batch_size * L.grad_accum} examples | "
-          f"{device.type} {'bf16' if not isinstance(amp, nullcontext) else 'fp32'} | {run_dir}"
-          + (f" | resuming at step {step}" if resume else ""), flush=True)
+    ctx.print(f"trainlab: {cfg.run.name} | {n_params:,} parameters | train/val/test {sizes['train']:,}/{sizes['val']:,}/"
+              f"{sizes['test']:,} | {L.steps} steps x {plan.global_batch} examples | "
+              f"{device.type} {'bf16' if not isinstance(amp, nullcontext) else 'fp32'} | {run_dir}"
+              + (f" | resuming at step {step}" if resume else ""))
+    if ctx.world > 1 or plan.accum > 1:
+        ctx.print(ctx.describe(plan, "sequences" if data.unit == "tok" else "examples"))
     summary = {"status": "running", "recipe": cfg.run.name, "steps": step, "wall_s": wall_before,
                "parameters": n_params, "device": device.type, "metrics": {}, "best": None}
-    write_json(run_dir / "summary.json", summary)
+    if ctx.world > 1:
+        summary.update(processes=ctx.world, parallel=L.parallel)
+    writer.summary(summary)
 
     def loop_state() -> dict:
-        return {"step": step, "optimizer": optimizer.state_dict(), "batches": batches.state_dict(),
-                "rng": rng_state(), "best": best, "evals_since_best": evals_since_best,
-                "wall_s": wall_before + time.time() - t_start, "version": 1}
+        return {"step": step, "batches": batches.state_dict(), **ctx.rng_states(rng_state()), "best": best,
+                "evals_since_best": evals_since_best, "wall_s": wall_before + time.time() - t_start, "version": 1}
 
-    val = evaluate(model, objective, data.eval_batches("val", L.eval_batches), device, amp) if step == 0 else {}
+    val = evaluate(step_fn, data.eval_batches("val", L.eval_batches), device, amp, ctx) if step == 0 else {}
     if val:
         log.log(0, "val", val)
         _check_monitor(L.monitor, val)
 
-    progress = Progress(L.steps, step, data.unit)
+    progress = ctx.main_only(Progress, L.steps, step, data.unit)
     peak = L.peak_flops or (known_peak_flops(device) if not isinstance(amp, nullcontext) else 0.0)
     flops_per_unit = model.flops_per_token() if data.unit == "tok" and hasattr(model, "flops_per_token") else 0.0
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # FSDP: the sharded ones
     t_start = t_window = time.time()
     window: dict[str, float] = {}
     window_steps, window_examples, status = 0, 0, "completed"
@@ -187,19 +198,23 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         if hasattr(objective, "step"):
             objective.step = step  # objectives with their own schedules (a VAE's KL warm-up) read it
         step_metrics: dict[str, float] = {}
-        for _ in range(L.grad_accum):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            with amp:
-                loss, metrics = objective.loss(fast, batch)  # 1. forward pass, 2. loss
-            (loss / L.grad_accum).backward()  # 3. backward pass: gradients summed over micro-batches
+        micro_batches = batches.next_step(plan.batches, plan.lo, plan.hi, plan.accum)
+        for i, batch in enumerate(micro_batches):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            # Gradients are summed over micro-batches; processes average them once, after the last one.
+            with ctx.accumulate(step_fn, sync=i == plan.accum - 1):
+                with amp:
+                    loss, metrics = step_fn(batch)  # 1. forward pass, 2. loss
+                (loss / plan.accum).backward()  # 3. backward pass
             for k, v in {"loss": loss.detach(), **metrics}.items():
-                step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / L.grad_accum
-            window_examples += data.count(batch)
+                step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / plan.accum
+            window_examples += data.count(batch) * ctx.world
+        step_metrics = ctx.mean(step_metrics)  # every rank sees the same numbers, so all stop together on NaN
         # Clip by the global norm (max_norm=inf only measures it); the norm is logged every step.
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, L.clip_grad_norm or math.inf))
+        grad_norm = ctx.grad_norm(params, L.clip_grad_norm or math.inf)
         for what, value in (("loss", step_metrics["loss"]), ("gradient norm", grad_norm)):
             if not math.isfinite(value):  # stop before the update: the weights and checkpoints stay finite
-                _diverged(what, value, step + 1, last_ckpt, run_dir, summary, log, progress)
+                _diverged(what, value, step + 1, last_ckpt, writer, summary, log, progress)
         optimizer.step()  # 4. parameter update
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -213,7 +228,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
             shown = {k: v / window_steps for k, v in window.items()}
             shown.update(throughput=window_examples / max(now - t_window, 1e-9), epoch=batches.epoch)
             if peak and flops_per_unit:  # model FLOPs utilization: achieved training FLOP/s over the peak
-                shown["mfu"] = shown["throughput"] * flops_per_unit / peak
+                shown["mfu"] = shown["throughput"] * flops_per_unit / (peak * ctx.world)
             row.update({k: shown[k] for k in ("throughput", "epoch", "mfu") if k in shown})
             summary["metrics"]["train"] = {k: v for k, v in shown.items() if k not in ("lr",)}
             progress.update(step, {k: shown[k] for k in shown if k not in ("epoch", "grad_norm")})
@@ -224,10 +239,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         is_eval = step % L.eval_every == 0 or step == L.steps
         is_best = stop = False
         if is_eval:
-            val = evaluate(model, objective, data.eval_batches("val", L.eval_batches), device, amp)
+            val = evaluate(step_fn, data.eval_batches("val", L.eval_batches), device, amp, ctx)
             log.log(step, "val", val)
             if not math.isfinite(val["loss"]):
-                _diverged("validation loss", val["loss"], step, last_ckpt, run_dir, summary, log, progress)
+                _diverged("validation loss", val["loss"], step, last_ckpt, writer, summary, log, progress)
             _check_monitor(L.monitor, val)
             if _improved(val[L.monitor], best, L.monitor_mode):
                 best, evals_since_best, is_best = {"step": step, "metric": L.monitor, "value": val[L.monitor],
@@ -240,7 +255,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         links = (("last",) if step % L.checkpoint_every == 0 or step == L.steps or stop else ()) \
             + (("best",) if is_best else ())
         if links:
-            checkpoint.save(ckpt_root, step, model, loop_state(), links)
+            ctx.save_checkpoint(ckpt_root, step, model, optimizer, loop_state(), links)
             last_ckpt = step if "last" in links else last_ckpt
         if stop:
             status = "early_stopped"
@@ -248,26 +263,27 @@ def train(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     progress.close()
 
     if L.restore_best and best is not None and best["step"] != step:
-        checkpoint.load(ckpt_root / "best", model)  # the weights worth keeping, not the last ones
+        ctx.load_checkpoint(ckpt_root / "best", model)  # the weights worth keeping, not the last ones
         val = best["metrics"]
     if not val:  # a resumed run that had nothing left to do
-        val = evaluate(model, objective, data.eval_batches("val", L.eval_batches), device, amp)
-    _export(run_dir / "model", model, cfg, data, step)
+        val = evaluate(step_fn, data.eval_batches("val", L.eval_batches), device, amp, ctx)
+    writer.model(ctx.full_model(model, lambda: models.build(cfg.model, data.info)), cfg, data, step)
     log.close()
     summary.update(status=status, steps=step, wall_s=round(wall_before + time.time() - t_start, 3))
     summary["metrics"]["val"] = val
     summary["best"] = {k: best[k] for k in ("step", "metric", "value")} if best else None
-    write_json(run_dir / "summary.json", summary)
-    print(f"done: {status} after {step} steps in {summary['wall_s']:.1f}s | val "
-          + "  ".join(f"{k} {v:.4g}" for k, v in val.items()) + f" | {run_dir}", flush=True)
+    writer.summary(summary)
+    ctx.print(f"done: {status} after {step} steps in {summary['wall_s']:.1f}s | val "
+              + "  ".join(f"{k} {v:.4g}" for k, v in val.items()) + f" | {run_dir}")
+    ctx.barrier()  # rank 0 has written model/ and summary.json when every process returns
     return summary
 
 
-def _diverged(what: str, value: float, step: int, last_ckpt: int | None, run_dir: Path, summary: dict,
+def _diverged(what: str, value: float, step: int, last_ckpt: int | None, writer: RunWriter, summary: dict,
               log: MetricLog, progress: Progress) -> None:
     """Record the failure in summary.json and stop with a UserError; checkpoints are left as they are."""
     summary.update(status="failed", steps=step, error=f"{what} {value} at step {step}")
-    write_json(run_dir / "summary.json", summary)
+    writer.summary(summary)
     log.close()
     progress.close()
     kept = f"the last good checkpoint (step {last_ckpt}) is intact" if last_ckpt else "no checkpoint was written"
@@ -286,20 +302,3 @@ def _get(cfg: Config, dotted: str):
     for part in dotted.split("."):
         node = getattr(node, part)
     return node
-
-
-def _export(model_dir: Path, model, cfg: Config, data, step: int) -> None:
-    """model/: the weights and what is needed to rebuild and feed the model (`trainlab.models.load`)."""
-    tmp = model_dir.with_name("model.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    meta = {"model": cfg.model.model_dump(mode="json"), "info": data.info, "recipe": cfg.run.name, "step": step}
-    (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    data.export(tmp)  # e.g. the tokenizer
-    old = model_dir.with_name("model.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if model_dir.exists():
-        os.rename(model_dir, old)
-    os.rename(tmp, model_dir)
-    shutil.rmtree(old, ignore_errors=True)

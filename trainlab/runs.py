@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,43 @@ def latest_run_dir(out_dir: str, name: str) -> Path:
     if not found:
         raise UserError(f"--resume found no run of '{name}' under {base}/", "give the run folder with --run-dir")
     return max(found, key=lambda d: (d / "config.toml").stat().st_mtime)
+
+
+class RunWriter:
+    """What training writes into the run folder besides metrics: config.toml, summary.json and model/.
+    In a distributed run only rank 0 has one (trainlab.distributed.Dist.main_only)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+
+    def config(self, cfg) -> None:
+        from trainlab import config
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(cfg, self.run_dir / "config.toml")
+
+    def summary(self, summary: dict) -> None:
+        write_json(self.run_dir / "summary.json", summary)
+
+    def model(self, model, cfg, data, step: int) -> None:
+        """model/: the weights and what is needed to rebuild and feed the model (`trainlab.models.load`),
+        swapped in whole so that a reader never finds half of it."""
+        from safetensors.torch import save_model
+
+        model_dir = self.run_dir / "model"
+        tmp = model_dir.with_name("model.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(model, str(tmp / "model.safetensors"))
+        meta = {"model": cfg.model.model_dump(mode="json"), "info": data.info, "recipe": cfg.run.name, "step": step}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        data.export(tmp)  # e.g. the tokenizer
+        old = model_dir.with_name("model.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if model_dir.exists():
+            os.rename(model_dir, old)
+        os.rename(tmp, model_dir)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, obj: dict) -> None:

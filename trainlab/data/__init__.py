@@ -45,13 +45,12 @@ class Data:
         """Files the model needs beside its weights: none for arrays (the statistics are in config.json)."""
 
     def train_batches(self, seed: int) -> BatchStream:
-        transform = None
+        augment = None
         if self.cfg.augment and len(self.info["input_shape"]) == 3:
-            from trainlab.data.images import random_affine
+            from trainlab.data.images import RandomAffine
 
-            c = self.cfg
-            transform = lambda x, g: random_affine(x, g, c.augment_shift, c.augment_degrees)  # noqa: E731
-        return BatchStream(self.splits["train"], self.cfg.batch_size, seed, transform)
+            augment = RandomAffine(self.cfg.augment_shift, self.cfg.augment_degrees)
+        return BatchStream(self.splits["train"], self.cfg.batch_size, seed, augment)
 
     def eval_batches(self, split: str, limit: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         return eval_batches(self.splits[split], self.cfg.eval_batch_size, limit)

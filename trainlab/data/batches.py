@@ -2,41 +2,84 @@
 
 The order of epoch e is a permutation drawn from a generator seeded with (seed, e), and batch b's augmentation
 from (seed, e, b), so the stream's whole state is two integers: {"epoch", "batch"}.
+
+Batches are counted globally: batch b is the same examples however many processes train. `next_step` hands
+one process its share of an optimizer step (see trainlab.distributed), so 1 process and N processes with the
+same global batch see the same examples, and a checkpoint resumes with any number of processes.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator, Protocol
 
 import torch
 
-Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+class Augmentation(Protocol):
+    def draw(self, n: int, g: torch.Generator) -> torch.Tensor: ...  # (n, ...) random parameters, one row each
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor: ...
 
 
-class BatchStream:
-    def __init__(self, split, batch_size: int, seed: int, transform: Transform | None = None):
-        self.split, self.seed, self.transform = split, seed, transform
+class GlobalBatches:
+    """An endless stream of global batches of `batch_size` examples. A subclass says which examples batch k
+    holds (`_draw`: ids, plus per-example parameters such as augmentations) and how to fetch them (`_fetch`)."""
+
+    batch_size: int
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def _fetch(self, ids: torch.Tensor, params: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return self._fetch(*self._draw())
+
+    def next_step(self, batches: int, lo: int, hi: int, parts: int) -> list[dict[str, torch.Tensor]]:
+        """Examples lo..hi-1 of the next `batches` global batches laid end to end, in `parts` equal micro-batches.
+        Every process advances by the same `batches`; only its own slice is fetched. One process: lo = 0,
+        hi = batches * batch_size, parts = batches gives the global batches themselves."""
+        if batches == parts and (lo, hi) == (0, batches * self.batch_size):
+            return [next(self) for _ in range(batches)]
+        drawn = [self._draw() for _ in range(batches)]
+        ids = torch.cat([d[0] for d in drawn])[lo:hi]
+        params = torch.cat([d[1] for d in drawn])[lo:hi] if drawn[0][1] is not None else None
+        n = (hi - lo) // parts
+        return [self._fetch(ids[i * n:(i + 1) * n], None if params is None else params[i * n:(i + 1) * n])
+                for i in range(parts)]
+
+
+class BatchStream(GlobalBatches):
+    def __init__(self, split, batch_size: int, seed: int, augment: Augmentation | None = None):
+        self.split, self.seed, self.augment = split, seed, augment
         n = len(split)
         self.batch_size = min(batch_size, n)
         self.batches_per_epoch = n // self.batch_size  # drop the ragged last batch: every step sees B examples
         self.epoch, self.batch = 0, 0
         self._order: torch.Tensor | None = None
 
-    def __iter__(self) -> "BatchStream":
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.batch >= self.batches_per_epoch:
             self.epoch, self.batch, self._order = self.epoch + 1, 0, None
         if self._order is None:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             self._order = torch.randperm(len(self.split), generator=g)
-        i = self._order[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
-        x, y = self.split.x[i], self.split.y[i]
-        if self.transform is not None:
+        ids = self._order[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+        params = None
+        if self.augment is not None:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + self.batch)
-            x = self.transform(x, g)
+            params = self.augment.draw(len(ids), g)
         self.batch += 1
+        return ids, params
+
+    def _fetch(self, ids: torch.Tensor, params: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        x, y = self.split.x[ids], self.split.y[ids]
+        if params is not None:
+            x = self.augment.apply(x, params)
         return {"x": x, "y": y}
 
     def state_dict(self) -> dict[str, int]:

@@ -76,14 +76,30 @@ def load_idx(images_path: str, labels_path: str) -> tuple[np.ndarray, np.ndarray
     return (x.astype(np.float32) / scale)[:, None], y.astype(np.int64), {"task": "classification"}
 
 
+class RandomAffine:
+    """Shift each image by up to shift_px pixels and rotate it by up to `degrees`. The random parameters are
+    drawn for a whole global batch and applied to any slice of it (each process augments only its share)."""
+
+    def __init__(self, shift_px: float, degrees: float):
+        self.shift_px, self.degrees = shift_px, degrees
+
+    def draw(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """(n, 3): angle in radians, x and y shifts in pixels."""
+        angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(self.degrees)
+        tx = (torch.rand(n, generator=g) * 2 - 1) * self.shift_px
+        ty = (torch.rand(n, generator=g) * 2 - 1) * self.shift_px
+        return torch.stack([angle, tx, ty], 1)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = x.shape  # x: (B, C, H, W)
+        angle, tx, ty = params.unbind(1)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # affine_grid works in normalized coordinates [-1, 1]: one pixel is 2/W wide.
+        theta = torch.stack([torch.stack([cos, -sin, tx * 2 / w], 1), torch.stack([sin, cos, ty * 2 / h], 1)], 1)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def random_affine(x: torch.Tensor, g: torch.Generator, shift_px: float, degrees: float) -> torch.Tensor:
-    """Shift each image by up to shift_px pixels and rotate it by up to `degrees`; x: (B, C, H, W)."""
-    b, _, h, w = x.shape
-    angle = (torch.rand(b, generator=g) * 2 - 1) * math.radians(degrees)
-    # affine_grid works in normalized coordinates [-1, 1]: one pixel is 2/W wide.
-    tx = (torch.rand(b, generator=g) * 2 - 1) * shift_px * 2 / w
-    ty = (torch.rand(b, generator=g) * 2 - 1) * shift_px * 2 / h
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    aug = RandomAffine(shift_px, degrees)
+    return aug.apply(x, aug.draw(len(x), g))

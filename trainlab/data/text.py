@@ -26,6 +26,7 @@ import torch
 
 from trainlab.config import DataConfig
 from trainlab.data import tokenizer as tok_lib
+from trainlab.data.batches import GlobalBatches
 from trainlab.errors import UserError
 
 FORMAT_VERSION = 1
@@ -218,9 +219,10 @@ def _write_tokens(tokenizer, texts: list[str], path: Path, dtype) -> int:
 # ------------------------------------------------------------------------------------------------ batches
 
 
-class WindowStream:
-    """Random windows of block_size + 1 tokens; window positions of step s come from a generator seeded by
-    (seed, s), so the whole state is the step count."""
+class WindowStream(GlobalBatches):
+    """Random windows of block_size + 1 tokens; window positions of batch s come from a generator seeded by
+    (seed, s), so the whole state is the batch count. Processes of a distributed run read different windows
+    of the same global batch (see GlobalBatches.next_step)."""
 
     def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int):
         self.tokens, self.batch_size, self.block_size, self.seed = tokens, batch_size, block_size, seed
@@ -231,14 +233,14 @@ class WindowStream:
     def epoch(self) -> int:
         return self.step // self.batches_per_epoch
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
+    def _draw(self) -> tuple[torch.Tensor, None]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
-        starts = torch.randint(0, len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=g).numpy()
-        w = np.stack([self.tokens[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
+        starts = torch.randint(0, len(self.tokens) - self.block_size - 1, (self.batch_size,), generator=g)
         self.step += 1
+        return starts, None
+
+    def _fetch(self, starts: torch.Tensor, params: None) -> dict[str, torch.Tensor]:
+        w = np.stack([self.tokens[s:s + self.block_size + 1] for s in starts.tolist()]).astype(np.int64)
         w = torch.from_numpy(w)
         return {"idx": w[:, :-1], "targets": w[:, 1:]}
 

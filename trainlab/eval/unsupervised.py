@@ -143,9 +143,10 @@ def _trustworthiness(x: np.ndarray, z: np.ndarray) -> float:
 
 def _elbo(model, cfg, data, split: str) -> dict[str, float]:
     from trainlab.loop import evaluate as loop_evaluate
+    from trainlab.objectives import LossModule
     from trainlab.objectives.unsupervised import ELBO
 
     torch.manual_seed(cfg.run.seed)  # the ELBO is a one-sample estimate: fix the sample
-    out = loop_evaluate(model, ELBO(), data.eval_batches(split), torch.device("cpu"), nullcontext())
+    out = loop_evaluate(LossModule(model, ELBO()), data.eval_batches(split), torch.device("cpu"), nullcontext())
     return {"elbo": out["elbo"], "kl": out["kl"]}
 

@@ -15,6 +15,18 @@ class Objective(Protocol):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]: ...
 
 
+class LossModule(nn.Module):
+    """A model and its objective as one module whose forward is the loss: what DDP and FSDP wrap, so that every
+    call the objective makes on the model (model(x), model.encode(x), ...) happens inside one wrapped forward."""
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        return self.objective.loss(self.model, batch)
+
+
 def build(cfg: ObjectiveConfig, info: dict, model_kind: str = "mlp") -> Objective:
     from trainlab.objectives import supervised, unsupervised
 
