@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -80,10 +81,10 @@ def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
         raise UserError("loop.device = 'mps' cannot train with several processes (no MPS backend in "
                         "torch.distributed)", "use loop.device=cpu, or run one process without torchrun")
     if world > 1 and name == "cuda":  # torchrun's LOCAL_RANK picks this process's GPU
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"this machine has {torch.cuda.device_count()} GPUs but torchrun started more "
-                            f"processes on it (local rank {local_rank})",
-                            f"use torchrun --nproc_per_node {torch.cuda.device_count()}")
+        per_machine, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count()
+        if per_machine > gpus:  # every process of the machine sees this, so all of them stop with it
+            raise UserError(f"torchrun started {per_machine} processes on a machine with {gpus} GPUs",
+                            f"use torchrun --nproc_per_node {gpus}")
         name = f"cuda:{local_rank}"
     return torch.device(name)
 
@@ -235,7 +236,7 @@ class Dist:
                 tmp.mkdir(parents=True)
             self.barrier()
             model_sd, optim_sd = get_state_dict(model, optimizer)
-            _dcp().save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / checkpoint.SHARDS,
+            _dcp("save", {"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / checkpoint.SHARDS,
                         no_dist=self.world == 1)
             if self.main:  # dcp.save returns once every rank's shard and the metadata are written
                 torch.save(state, tmp / checkpoint.STATE)
@@ -258,7 +259,7 @@ class Dist:
         if optimizer is not None:
             want["optimizer"] = sd.get_optimizer_state_dict(model, optimizer)  # the layout to read into
         try:
-            _dcp().load(want, checkpoint_id=path / checkpoint.SHARDS, no_dist=self.world == 1)
+            _dcp("load", want, checkpoint_id=path / checkpoint.SHARDS, no_dist=self.world == 1)
         except Exception as e:  # missing or damaged shards, or a model that does not fit them
             raise UserError(f"sharded checkpoint {path.resolve()} is corrupt or does not fit the model "
                             f"({checkpoint.first_line(e)})",
@@ -299,10 +300,13 @@ class Dist:
             dist.destroy_process_group()
 
 
-def _dcp():
+def _dcp(op: str, *args, **kwargs):
+    """torch.distributed.checkpoint's save or load, quiet about working in one process (which is meant)."""
     import torch.distributed.checkpoint as dcp
 
-    return dcp
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        return getattr(dcp, op)(*args, **kwargs)
 
 
 def _blocks(module: nn.Module):

@@ -1,0 +1,205 @@
+"""torchrun with 2 CPU processes (gloo), the commands of the README's "Scaling out" section: the loss curve
+matches one process with the same global batch for DDP and FSDP; a 2-process checkpoint resumes in 1 process;
+a bad launch, a NaN and a dead process end every process with a clear error, and the last checkpoint survives."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainlab import checkpoint, config, loop, models
+from tests.conftest import run_cli
+
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+# No dropout (masks differ per process) and LayerNorm (BatchNorm statistics are per process): with those, the
+# math of 1 and 2 processes is the same and only the order of float additions differs.
+MLP = ["digits-mlp", "model.dropout=0", "model.norm=layer", "data.batch_size=16", "loop.grad_accum=4",
+       "loop.max_steps=12", "loop.eval_every=6", "loop.log_every=6"]
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory) -> list[str]:
+    """A tiny character-level GPT on a text file the test writes; 4 x 4 sequences per step, so each of 2
+    processes runs 2 micro-steps of 4 (the first without a gradient all-reduce)."""
+    d = tmp_path_factory.mktemp("text")
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog while cats watch from red walls".split()
+    (d / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(2000)))
+    return ["stdlib-gpt", "data.source=text", f"data.path={d / 'corpus.txt'}", "data.split=tail",
+            "data.tokenizer=char", f"data.cache_dir={d / 'cache'}", "data.block_size=32", "data.batch_size=4",
+            "loop.grad_accum=4", "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "loop.max_steps=12",
+            "loop.eval_every=6", "loop.log_every=6", "loop.eval_batches=4"]
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", str(nproc), "-m", "trainlab", "train", *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def two_machines(*args: str, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """The multi-node command, run as two 'machines' of one process each on this host."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+           f"127.0.0.1:{port}", "--rdzv-id", "trainlab-test", "-m", "trainlab", "train", *args]
+    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
+    return out
+
+
+def single(args: list[str], run_dir: Path) -> None:
+    cfg = config.load_recipe(args[0], args[1:])
+    loop.train(cfg, run_dir)
+
+
+def errors(output: str) -> list[str]:
+    """Our error lines (torchrun's own summary quotes them indented, after 'traceback :')."""
+    return [line for line in output.splitlines() if line.startswith("error: ")]
+
+
+def curve(run_dir: Path) -> list[tuple]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["split"], r["loss"], r.get("grad_norm")) for r in rows]
+
+
+def assert_same_curve(a: list[tuple], b: list[tuple], rel: float) -> None:
+    assert [r[:2] for r in a] == [r[:2] for r in b]
+    for x, y in zip(a, b):
+        assert x[2] == pytest.approx(y[2], rel=rel), (x, y)
+        assert (x[3] is None) == (y[3] is None) and (x[3] is None or x[3] == pytest.approx(y[3], rel=rel)), (x, y)
+
+
+@pytest.mark.parametrize("case", ["mlp-ddp", "mlp-fsdp", "mlp-ddp-two-machines", "gpt-ddp", "gpt-fsdp"])
+def test_two_processes_follow_the_loss_curve_of_one(tmp_path, gpt, case):
+    model, parallel, *where = case.split("-")
+    args = (MLP if model == "mlp" else gpt) + [f"loop.parallel={parallel}"]
+    single(args, tmp_path / "one")
+    if where:
+        results = two_machines(*args, "--run-dir", str(tmp_path / "two"))
+        assert all(r.returncode == 0 for r in results), [r.stderr[-2000:] for r in results]
+        stdout = "".join(r.stdout for r in results)
+    else:
+        r = torchrun(*args, "--run-dir", str(tmp_path / "two"))
+        assert r.returncode == 0, r.stderr[-3000:]
+        stdout = r.stdout
+    # The arithmetic is said once, by rank 0 only: 64 = 2 x 2 x 16 (mlp), 16 = 2 x 2 x 4 (gpt).
+    assert stdout.count("processes x 2 micro-steps x") == 1 and stdout.count("done: completed") == 1
+    assert_same_curve(curve(tmp_path / "one"), curve(tmp_path / "two"), rel=1e-5)
+    summary = json.loads((tmp_path / "two/summary.json").read_text())
+    assert summary["status"] == "completed" and summary["processes"] == 2 and summary["parallel"] == parallel
+    ckpt = tmp_path / "two/checkpoints/last"
+    assert (ckpt / ("shards/.metadata" if parallel == "fsdp" else "model.safetensors")).is_file()
+    # model/ holds whole weights either way, loadable without torch.distributed.
+    model_a, _ = models.load(tmp_path / "one/model")
+    model_b, _ = models.load(tmp_path / "two/model")
+    for (name, p), q in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert p.shape == q.shape and (p - q).abs().max() < 1e-4, name
+
+
+def _kill_after_first_checkpoint(args: list[str], run_dir: Path) -> None:
+    """SIGKILL torchrun and its processes (a lost machine) once checkpoints/last exists."""
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "trainlab", "train", *args,
+           "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not (run_dir / "checkpoints/last").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    workers = [int(w) for w in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    for pid in [proc.pid, *workers]:  # torchrun starts its workers in their own process groups
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _status(pid) for pid in workers):
+        time.sleep(0.01)
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return "zombie"
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path, gpt, parallel):
+    args = [a for a in gpt if not a.startswith(("loop.max_steps", "loop.eval_every"))] + [
+        "loop.max_steps=300", "loop.eval_every=10", f"loop.parallel={parallel}"]
+    single(args, tmp_path / "one")
+    run = tmp_path / "run"
+    _kill_after_first_checkpoint(args, run)
+    killed_at = checkpoint.load_state(run / "checkpoints/last", need="state.pt")["step"]
+    assert json.loads((run / "summary.json").read_text())["status"] == "running" and killed_at < 300
+
+    r = run_cli("train", *args, "--run-dir", str(run), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming at step {killed_at}" in r.stdout
+    # Steps before the kill ran on 2 processes, the rest on 1: one curve, within float noise of 1 process.
+    assert_same_curve(curve(tmp_path / "one"), curve(run), rel=1e-4)
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_one_clear_error(tmp_path):
+    r = torchrun("digits-mlp", "data.batch_size=15", "loop.max_steps=4", "--run-dir", str(tmp_path / "r"))
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert errors(out) == ["error: the global batch of 15 examples (data.batch_size 15 x loop.grad_accum 1) does "
+                           "not split evenly over 2 processes"] and "\nhint: make data.batch_size" in out
+    assert "trainlab/distributed.py" not in out  # no traceback of ours (torchrun prints its own summary)
+
+
+def test_nan_stops_every_process_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    r = torchrun("diabetes-mlp", "loop.max_steps=400", "loop.clip_grad_norm=0", "optim.name=sgd", "optim.lr=5.0",
+                 "optim.momentum=0.99", "schedule.name=constant", "loop.eval_every=2", "--run-dir", str(run))
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and len(errors(out)) == 1 and "training stopped, the last good checkpoint" in out
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    state = checkpoint.load(run / "checkpoints/last", models.build(config.load_resolved(run / "config.toml").model,
+                                                                      _info(run)))
+    assert state["step"] >= 2
+
+
+def _info(run: Path) -> dict:
+    from trainlab import data
+
+    return data.build(config.load_resolved(run / "config.toml").data).info
+
+
+def test_a_dead_process_ends_the_others_instead_of_hanging(tmp_path):
+    run = tmp_path / "r"
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "trainlab", "train", "digits-mlp",
+           "loop.steps=100000", "loop.eval_every=50", "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints/last").exists() and time.time() < deadline:
+            time.sleep(0.02)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2, workers
+        killed = time.time()
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and time.time() - killed < 60
+    assert "Signal 9 (SIGKILL)" in out  # torchrun names the process that died
+    assert (run / "checkpoints/last/model.safetensors").is_file()
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"  # resumable with --resume
