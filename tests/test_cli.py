@@ -149,6 +149,14 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "precious"
 
 
+def test_overrides_may_follow_options(tmp_path):
+    r = run_cli("train", "digits-mlp", "--run-dir", str(tmp_path / "r"), "loop.max_steps=2", "loop.eval_every=2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r/summary.json").read_text())["steps"] == 2
+    r = run_cli("train", "digits-mlp", "--run-dir", str(tmp_path / "s"), "--bogus")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+
+
 def test_debug_shows_the_traceback():
     r = run_cli("--debug", "train", "digits-mlp", "optim.lr=-1")
     assert r.returncode != 0 and "Traceback" in r.stderr

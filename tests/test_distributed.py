@@ -83,6 +83,45 @@ def assert_same_curve(a: list[tuple], b: list[tuple], rel: float) -> None:
         assert (x[3] is None) == (y[3] is None) and (x[3] is None or x[3] == pytest.approx(y[3], rel=rel)), (x, y)
 
 
+@pytest.mark.parametrize("batch_size, accum, world, micro, steps", [
+    (16, 1, 1, 16, 1), (16, 4, 1, 16, 4),  # one process: the recipe's own micro-batches
+    (16, 4, 2, 16, 2), (16, 4, 4, 16, 1), (16, 1, 2, 8, 1), (16, 8, 8, 16, 1), (16, 2, 8, 4, 1),
+    (12, 5, 8, None, None),  # 60 examples do not split over 8 processes
+])
+def test_the_global_batch_is_shared_in_equal_micro_batches(batch_size, accum, world, micro, steps):
+    from trainlab.distributed import plan
+    from trainlab.errors import UserError
+
+    if micro is None:
+        with pytest.raises(UserError, match="does not split evenly"):
+            plan(batch_size, accum, world, 0)
+        return
+    shares = [plan(batch_size, accum, world, r) for r in range(world)]
+    share = batch_size * accum // world
+    assert [(p.lo, p.hi) for p in shares] == [(r * share, (r + 1) * share) for r in range(world)]
+    assert all(p.micro * p.accum == p.hi - p.lo and p.micro <= batch_size for p in shares)
+    assert (shares[0].micro, shares[0].accum) == (micro, steps)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_ranks_slices_put_together_are_the_one_process_batches(augment):
+    """What 3 ranks fetch for a step, laid end to end, is what one process fetches, augmentation included."""
+    import torch
+
+    from trainlab import data as data_lib
+    from trainlab.distributed import plan
+
+    cfg = config.load_recipe("digits-cnn", ["data.batch_size=8", f"data.augment={str(augment).lower()}"]).data
+    d = data_lib.build(cfg)
+    one, ranks = d.train_batches(seed=1), [d.train_batches(seed=1) for _ in range(3)]
+    for _ in range(50):  # 1257 examples: 157 batches of 8 per epoch, so the 200 batches drawn cross an epoch
+        whole = torch.cat([b["x"] for b in one.next_step(4, 0, 32, 4)])
+        shares = [plan(8, 4, 4, r) for r in range(3)]  # 4 ranks' plans, the first 3 fetched
+        parts = [torch.cat([b["x"] for b in s.next_step(4, p.lo, p.hi, p.accum)]) for s, p in zip(ranks, shares)]
+        assert torch.allclose(torch.cat(parts), whole[:24], atol=1e-6)
+    assert all(s.state_dict() == one.state_dict() for s in ranks)
+
+
 @pytest.mark.parametrize("case", ["mlp-ddp", "mlp-fsdp", "mlp-ddp-two-machines", "gpt-ddp", "gpt-fsdp"])
 def test_two_processes_follow_the_loss_curve_of_one(tmp_path, gpt, case):
     model, parallel, *where = case.split("-")

@@ -65,6 +65,20 @@ class BatchPlan:
     micro: int  # examples per micro-step
 
 
+def plan(batch_size: int, grad_accum: int, world: int, rank: int) -> BatchPlan:
+    """Rank `rank`'s share of each optimizer step. Micro-batches never exceed data.batch_size (the memory bound
+    the recipe chose) and are as few as possible: on 8 GPUs, batch 16 x accum 8 becomes 16 x 1 per process."""
+    g = batch_size * grad_accum
+    if g % world:
+        raise UserError(f"the global batch of {g} examples (data.batch_size {batch_size} x loop.grad_accum "
+                        f"{grad_accum}) does not split evenly over {world} processes",
+                        f"make data.batch_size x loop.grad_accum a multiple of {world}, or launch a number of "
+                        f"processes that divides {g}")
+    share = g // world
+    accum = next(d for d in range(1, share + 1) if share % d == 0 and share // d <= batch_size)
+    return BatchPlan(g, grad_accum, rank * share, (rank + 1) * share, accum, share // accum)
+
+
 def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -165,17 +179,7 @@ class Dist:
     # ------------------------------------------------------------------------------------------ the work
 
     def plan(self, batch_size: int, grad_accum: int) -> BatchPlan:
-        """This rank's share of each optimizer step. Micro-batches never exceed data.batch_size (the memory
-        bound the recipe chose) and are as few as possible: on 8 GPUs, batch 16 x accum 8 becomes 16 x 1."""
-        g = batch_size * grad_accum
-        if g % self.world:
-            raise UserError(f"the global batch of {g} examples (data.batch_size {batch_size} x loop.grad_accum "
-                            f"{grad_accum}) does not split evenly over {self.world} processes",
-                            f"make data.batch_size x loop.grad_accum a multiple of {self.world}, or launch a "
-                            f"number of processes that divides {g}")
-        share = g // self.world
-        accum = next(d for d in range(1, share + 1) if share % d == 0 and share // d <= batch_size)
-        return BatchPlan(g, grad_accum, self.rank * share, (self.rank + 1) * share, accum, share // accum)
+        return plan(batch_size, grad_accum, self.world, self.rank)
 
     def describe(self, plan: BatchPlan, unit: str) -> str:
         return (f"batch {plan.global_batch} {unit} = {self.world} process{'es' if self.world > 1 else ''} x "

@@ -80,14 +80,14 @@ def resolve(cfg: Config, steps_per_epoch: int) -> Config:
 
 
 @torch.no_grad()
-def evaluate(step: nn.Module, batches, device, amp, ctx: Dist | None = None) -> dict[str, float]:
+def evaluate(forward: nn.Module, batches, device, amp, ctx: Dist | None = None) -> dict[str, float]:
     """Example-weighted means of the loss and the objective's metrics over `batches`, in eval mode.
-    `step` maps a batch to (loss, metrics): an objective.LossModule, or the loop's wrapped one. With several
+    `forward` maps a batch to (loss, metrics): an objective.LossModule, or the loop's wrapped one. With several
     processes each takes every world-th batch and the sums are added up; all ranks run the same number of
     forward passes (a rank out of batches repeats one with weight 0), as sharded models need."""
     world, rank = (ctx.world, ctx.rank) if ctx else (1, 0)
-    was_training = step.training
-    step.eval()
+    was_training = forward.training
+    forward.eval()
     sums: dict[str, float] = {}
     n = 0
     source = iter(batches)
@@ -99,16 +99,16 @@ def evaluate(step: nn.Module, batches, device, amp, ctx: Dist | None = None) -> 
         if not (ctx.any(more) if world > 1 else more):
             break
         weight = 1 if batch is not None else 0
-        batch = {k: v.to(device, non_blocking=True) for k, v in (batch or spare).items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in (batch if batch is not None else spare).items()}
         b = len(next(iter(batch.values())))
         with amp:
-            loss, metrics = step(batch)
+            loss, metrics = forward(batch)
         for k, v in {"loss": loss, **metrics}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * b * weight
         n += b * weight
-    step.train(was_training)
-    if hasattr(step, "reshard"):  # FSDP keeps the root's weights gathered after a forward without backward
-        step.reshard()
+    forward.train(was_training)
+    if hasattr(forward, "reshard"):  # FSDP keeps the root's weights gathered after a forward without backward
+        forward.reshard()
     if world > 1 and sums:
         totals = ctx.sum([*sums.values(), n])
         sums, n = dict(zip(sums, totals[:-1])), totals[-1]
@@ -139,8 +139,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     model = models.build(cfg.model, data.info).to(device)
     ctx.seed(cfg.run.seed)
     objective = objectives.build(cfg.objective, data.info, cfg.model.kind)
-    # `step` runs forward + loss (compiled, DDP- or FSDP-wrapped as asked); `model` is what gets saved.
-    step_fn = ctx.wrap(model, objective, L.compile)
+    # `forward` runs the model and the loss (compiled, DDP- or FSDP-wrapped as asked); `model` is what gets saved.
+    forward = ctx.wrap(model, objective, L.compile)
     optimizer = build_optimizer(cfg.optim, model)
     ckpt_root = run_dir / "checkpoints"
     writer = ctx.main_only(RunWriter, run_dir)
@@ -180,7 +180,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
         return {"step": step, "batches": batches.state_dict(), **ctx.rng_states(rng_state()), "best": best,
                 "evals_since_best": evals_since_best, "wall_s": wall_before + time.time() - t_start, "version": 1}
 
-    val = evaluate(step_fn, data.eval_batches("val", L.eval_batches), device, amp, ctx) if step == 0 else {}
+    val = evaluate(forward, data.eval_batches("val", L.eval_batches), device, amp, ctx) if step == 0 else {}
     if val:
         log.log(0, "val", val)
         _check_monitor(L.monitor, val)
@@ -202,9 +202,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
         for i, batch in enumerate(micro_batches):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             # Gradients are summed over micro-batches; processes average them once, after the last one.
-            with ctx.accumulate(step_fn, sync=i == plan.accum - 1):
+            with ctx.accumulate(forward, sync=i == plan.accum - 1):
                 with amp:
-                    loss, metrics = step_fn(batch)  # 1. forward pass, 2. loss
+                    loss, metrics = forward(batch)  # 1. forward pass, 2. loss
                 (loss / plan.accum).backward()  # 3. backward pass
             for k, v in {"loss": loss.detach(), **metrics}.items():
                 step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / plan.accum
@@ -239,7 +239,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
         is_eval = step % L.eval_every == 0 or step == L.steps
         is_best = stop = False
         if is_eval:
-            val = evaluate(step_fn, data.eval_batches("val", L.eval_batches), device, amp, ctx)
+            val = evaluate(forward, data.eval_batches("val", L.eval_batches), device, amp, ctx)
             log.log(step, "val", val)
             if not math.isfinite(val["loss"]):
                 _diverged("validation loss", val["loss"], step, last_ckpt, writer, summary, log, progress)
@@ -266,7 +266,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
         ctx.load_checkpoint(ckpt_root / "best", model)  # the weights worth keeping, not the last ones
         val = best["metrics"]
     if not val:  # a resumed run that had nothing left to do
-        val = evaluate(step_fn, data.eval_batches("val", L.eval_batches), device, amp, ctx)
+        val = evaluate(forward, data.eval_batches("val", L.eval_batches), device, amp, ctx)
     writer.model(ctx.full_model(model, lambda: models.build(cfg.model, data.info)), cfg, data, step)
     log.close()
     summary.update(status=status, steps=step, wall_s=round(wall_before + time.time() - t_start, 3))
