@@ -4,8 +4,9 @@ CPU (default): the same recipe, global batch and steps, run as `trainlab train` 
 `torchrun --standalone --nproc_per_node 2 -m trainlab train` (2 processes with gloo, one thread each, which
 is torchrun's default), alternating for --rounds rounds. Throughput is read from the runs' metrics.jsonl (the
 loop's own tokens/s over each log window of 10 steps, first window skipped as warm-up). Prints each round, the
-medians and `ratio: X.XX` = 2 processes / 1 process. On a 2-core machine there is nothing to gain: both
-layouts use the same two cores, and the 2-process one adds a gradient all-reduce per step.
+medians and `ratio: X.XX` = 2 processes / 1 process. On a 2-core machine both layouts share the same two
+cores: the question is whether two single-threaded processes plus a gradient all-reduce per step beat one
+process with two threads.
 
 GPU (--gpu): one process on CUDA in bf16, eager vs `loop.compile=true`, on a GPT-2-small-sized model (12 x 768,
 context 1024) trained on the stdlib corpus; prints tokens/s and MFU (the loop's, from the GPU's data-sheet

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,12 +53,13 @@ def two_machines(*args: str, timeout: float = 300) -> list[subprocess.CompletedP
         port = s.getsockname()[1]
     cmd = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
            f"127.0.0.1:{port}", "--rdzv-id", "trainlab-test", "-m", "trainlab", "train", *args]
-    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    logs = [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, env=ENV, stdout=o, stderr=e, text=True) for o, e in logs]
     out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=timeout)
-        out.append(subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr))
+    for p, (o, e) in zip(procs, logs):
+        p.wait(timeout=timeout)
+        o.seek(0), e.seek(0)
+        out.append(subprocess.CompletedProcess(cmd, p.returncode, o.read(), e.read()))
     return out
 
 
@@ -122,10 +124,16 @@ def test_ranks_slices_put_together_are_the_one_process_batches(augment):
     assert all(s.state_dict() == one.state_dict() for s in ranks)
 
 
-@pytest.mark.parametrize("case", ["mlp-ddp", "mlp-fsdp", "mlp-ddp-two-machines", "gpt-ddp", "gpt-fsdp"])
+# A mixture of experts with 16 experts and 4 tokens per micro-batch: most experts get no token on a process,
+# and their parameters must still take part in the gradient reduction.
+MOE = ["model.moe_experts=16", "model.moe_top_k=1", "data.block_size=4", "data.batch_size=1", "loop.grad_accum=2"]
+
+
+@pytest.mark.parametrize("case", ["mlp-ddp", "mlp-fsdp", "mlp-ddp-two-machines", "gpt-ddp", "gpt-fsdp", "moe-ddp",
+                                  "moe-fsdp"])
 def test_two_processes_follow_the_loss_curve_of_one(tmp_path, gpt, case):
     model, parallel, *where = case.split("-")
-    args = (MLP if model == "mlp" else gpt) + [f"loop.parallel={parallel}"]
+    args = {"mlp": MLP, "gpt": gpt, "moe": gpt + MOE}[model] + [f"loop.parallel={parallel}"]
     single(args, tmp_path / "one")
     if where:
         results = two_machines(*args, "--run-dir", str(tmp_path / "two"))
@@ -135,18 +143,18 @@ def test_two_processes_follow_the_loss_curve_of_one(tmp_path, gpt, case):
         r = torchrun(*args, "--run-dir", str(tmp_path / "two"))
         assert r.returncode == 0, r.stderr[-3000:]
         stdout = r.stdout
-    # The arithmetic is said once, by rank 0 only: 64 = 2 x 2 x 16 (mlp), 16 = 2 x 2 x 4 (gpt).
-    assert stdout.count("processes x 2 micro-steps x") == 1 and stdout.count("done: completed") == 1
+    # The arithmetic is said once, by rank 0 only: 64 = 2 x 2 x 16 (mlp), 16 = 2 x 2 x 4 (gpt), 2 = 2 x 1 x 1.
+    assert stdout.count(" = 2 processes x ") == 1 and stdout.count("done: completed") == 1
     assert_same_curve(curve(tmp_path / "one"), curve(tmp_path / "two"), rel=1e-5)
     summary = json.loads((tmp_path / "two/summary.json").read_text())
     assert summary["status"] == "completed" and summary["processes"] == 2 and summary["parallel"] == parallel
     ckpt = tmp_path / "two/checkpoints/last"
     assert (ckpt / ("shards/.metadata" if parallel == "fsdp" else "model.safetensors")).is_file()
     # model/ holds whole weights either way, loadable without torch.distributed.
-    model_a, _ = models.load(tmp_path / "one/model")
-    model_b, _ = models.load(tmp_path / "two/model")
-    for (name, p), q in zip(model_a.state_dict().items(), model_b.state_dict().values()):
-        assert p.shape == q.shape and (p - q).abs().max() < 1e-4, name
+    a, b = (models.load(tmp_path / run / "model")[0].state_dict() for run in ("one", "two"))
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name].shape == b[name].shape and (a[name] - b[name]).abs().max() < 1e-4, name
 
 
 def _kill_after_first_checkpoint(args: list[str], run_dir: Path) -> None:
@@ -175,8 +183,8 @@ def _status(pid: int) -> str:
         return "zombie"
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path, gpt, parallel):
+@pytest.mark.parametrize("parallel, resume_on", [("ddp", 1), ("fsdp", 1), ("fsdp", 2)])
+def test_a_two_process_checkpoint_resumes_in_one_or_two_processes(tmp_path, gpt, parallel, resume_on):
     args = [a for a in gpt if not a.startswith(("loop.max_steps", "loop.eval_every"))] + [
         "loop.max_steps=300", "loop.eval_every=10", f"loop.parallel={parallel}"]
     single(args, tmp_path / "one")
@@ -185,10 +193,11 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path, gpt, parallel
     killed_at = checkpoint.load_state(run / "checkpoints/last", need="state.pt")["step"]
     assert json.loads((run / "summary.json").read_text())["status"] == "running" and killed_at < 300
 
-    r = run_cli("train", *args, "--run-dir", str(run), "--resume")
+    resume = ["--run-dir", str(run), "--resume"]
+    r = run_cli("train", *args, *resume) if resume_on == 1 else torchrun(*args, *resume)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f"resuming at step {killed_at}" in r.stdout
-    # Steps before the kill ran on 2 processes, the rest on 1: one curve, within float noise of 1 process.
+    assert r.stdout.count(f"resuming at step {killed_at}") == 1
+    # Steps before the kill ran on 2 processes, the rest on resume_on: one curve, within float noise of 1.
     assert_same_curve(curve(tmp_path / "one"), curve(run), rel=1e-4)
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 

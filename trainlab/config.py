@@ -146,7 +146,7 @@ class LoopConfig(_Table):
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start on a CPU)
     peak_flops: float = Field(0.0, ge=0)  # the device's peak FLOP/s for MFU (0 = known GPUs only)
     # Under torchrun (several processes): "ddp" keeps a whole model on every device and averages gradients;
-    # "fsdp" shards parameters, gradients and optimizer state across devices (FSDP2), for models too big for one.
+    # "fsdp" shards parameters, gradients and optimizer state across devices (FSDP2): 1/N of the training state each.
     parallel: Literal["ddp", "fsdp"] = "ddp"
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: NCCL on CUDA GPUs, gloo on CPUs
     dist_timeout_s: PositiveInt = 600  # a collective that waits longer fails the run instead of hanging

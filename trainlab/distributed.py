@@ -94,13 +94,21 @@ def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
     if world > 1 and name == "mps":
         raise UserError("loop.device = 'mps' cannot train with several processes (no MPS backend in "
                         "torch.distributed)", "use loop.device=cpu, or run one process without torchrun")
-    if world > 1 and name == "cuda":  # torchrun's LOCAL_RANK picks this process's GPU
-        per_machine, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1)), torch.cuda.device_count()
-        if per_machine > gpus:  # every process of the machine sees this, so all of them stop with it
-            raise UserError(f"torchrun started {per_machine} processes on a machine with {gpus} GPUs",
-                            f"use torchrun --nproc_per_node {gpus}")
-        name = f"cuda:{local_rank}"
+    if world > 1 and name.startswith("cuda"):
+        if name != "cuda":
+            raise UserError(f"loop.device = '{name}' names one GPU, but under torchrun each process uses the GPU "
+                            "of its local rank", "use loop.device=auto or cuda (and CUDA_VISIBLE_DEVICES to choose)")
+        _check_gpu_count()
+        name = f"cuda:{local_rank}"  # torchrun's LOCAL_RANK picks this process's GPU
     return torch.device(name)
+
+
+def _check_gpu_count() -> None:
+    """Every process of a machine sees the same counts, so all of them stop with the same error."""
+    per_machine, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if per_machine > gpus:
+        raise UserError(f"torchrun started {per_machine} processes on a machine with {gpus} GPUs",
+                        f"use torchrun --nproc_per_node {gpus}")
 
 
 class Dist:
@@ -127,15 +135,19 @@ class Dist:
             print(*args, flush=True)
 
     def local_first(self, fn: Callable):
-        """fn() in the first process of each machine, then in the others (which find its caches)."""
+        """fn() in the first process of each machine, then in the others (which find its caches). The wait
+        may be long (tokenizing a big corpus), so it uses a gloo group without loop.dist_timeout_s."""
         if self.world == 1:
             return fn()
+        patient = dist.new_group(backend="gloo", timeout=timedelta(days=1))
         if self.local_rank == 0:
             out = fn()
-            dist.barrier()
-            return out
-        dist.barrier()
-        return fn()
+            dist.barrier(group=patient)
+        else:
+            dist.barrier(group=patient)
+            out = fn()
+        dist.destroy_process_group(patient)
+        return out
 
     # ------------------------------------------------------------------------------------------ agreement
 
@@ -364,6 +376,7 @@ def session(loop: LoopConfig):
             raise UserError(f"this PyTorch build has no '{backend}' backend for torch.distributed",
                             "install a PyTorch build with distributed support, or run one process")
         if backend == "nccl":
+            _check_gpu_count()
             torch.cuda.set_device(local)
         dist.init_process_group(backend, timeout=timedelta(seconds=loop.dist_timeout_s))
     ctx = Dist(loop, r, world, local, owns)

@@ -154,8 +154,9 @@ class MoE(nn.Module):
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows, slot = (chosen == e).nonzero(as_tuple=True)
-            if len(rows):
-                out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None])
+            # Every expert runs, even on no rows: its parameters then get (zero) gradients on every process,
+            # which DDP and FSDP need to reduce the same tensors everywhere.
+            out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None])
         frac = torch.bincount(chosen.flatten(), minlength=self.n_experts).float() / chosen.numel()
         self.aux_loss = self.n_experts * (frac * probs.mean(0)).sum()
         self.load = frac.detach()
