@@ -251,3 +251,21 @@ def test_a_dead_process_ends_the_others_instead_of_hanging(tmp_path):
     assert "Signal 9 (SIGKILL)" in out  # torchrun names the process that died
     assert (run / "checkpoints/last/model.safetensors").is_file()
     assert json.loads((run / "summary.json").read_text())["status"] == "running"  # resumable with --resume
+
+
+def test_a_damaged_sharded_checkpoint_is_a_clear_error_and_stays_as_it_was(tmp_path):
+    """loop.parallel = "fsdp" writes sharded checkpoints even in one process (so any world size can resume)."""
+    from trainlab.errors import UserError
+
+    cfg = config.load_recipe("digits-mlp", ["loop.parallel=fsdp", "loop.max_steps=4", "loop.eval_every=2"])
+    loop.train(cfg, tmp_path / "r")
+    shard = next((tmp_path / "r/checkpoints/last/shards").glob("*.distcp"))
+    shard.write_bytes(b"\x00garbage")
+    with pytest.raises(UserError, match="sharded checkpoint .* is corrupt"):
+        loop.train(cfg, tmp_path / "r", resume=True)
+    assert shard.read_bytes() == b"\x00garbage"
+    shard.unlink()
+    (tmp_path / "r/checkpoints/last/shards/.metadata").unlink()
+    (tmp_path / "r/checkpoints/last/shards").rmdir()
+    with pytest.raises(UserError, match="no complete checkpoint .* no shards"):
+        loop.train(cfg, tmp_path / "r", resume=True)

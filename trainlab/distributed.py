@@ -139,14 +139,13 @@ class Dist:
         may be long (tokenizing a big corpus), so it uses a gloo group without loop.dist_timeout_s."""
         if self.world == 1:
             return fn()
-        patient = dist.new_group(backend="gloo", timeout=timedelta(days=1))
+        patient = dist.new_group(backend="gloo", timeout=timedelta(days=1))  # freed with the default group
         if self.local_rank == 0:
             out = fn()
             dist.barrier(group=patient)
         else:
             dist.barrier(group=patient)
             out = fn()
-        dist.destroy_process_group(patient)
         return out
 
     # ------------------------------------------------------------------------------------------ agreement
@@ -205,21 +204,21 @@ class Dist:
 
     def wrap(self, model: nn.Module, objective: Objective, compile: bool) -> nn.Module:
         """The module the loop calls: batch -> (loss, metrics). `model` stays the module that is saved."""
-        if self.world > 1 and self.parallel == "fsdp":
+        fsdp = self.world > 1 and self.parallel == "fsdp"
+        if fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
             mesh = init_device_mesh(self.device.type, (self.world,))
             for block in _blocks(model):  # one all-gather per Transformer block, freed after its forward
                 fully_shard(block, mesh=mesh)
-            step = LossModule(torch.compile(model) if compile else model, objective)
-            fully_shard(step, mesh=mesh)  # embeddings, head and anything outside the blocks
-            return step
         step = LossModule(torch.compile(model) if compile else model, objective)
-        if self.world > 1:
+        if fsdp:
+            fully_shard(step, mesh=mesh)  # embeddings, head and anything outside the blocks
+        elif self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            return DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            step = DistributedDataParallel(step, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return step
 
     def accumulate(self, step: nn.Module, sync: bool):
@@ -233,7 +232,7 @@ class Dist:
 
     def grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a sharded DTensor
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
 
     # ------------------------------------------------------------------------------------------ checkpoints
 
@@ -253,7 +252,7 @@ class Dist:
             self.barrier()
             model_sd, optim_sd = get_state_dict(model, optimizer)
             _dcp("save", {"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / checkpoint.SHARDS,
-                        no_dist=self.world == 1)
+                 no_dist=self.world == 1)
             if self.main:  # dcp.save returns once every rank's shard and the metadata are written
                 torch.save(state, tmp / checkpoint.STATE)
                 checkpoint.commit(root, tmp, step, links)
@@ -269,6 +268,7 @@ class Dist:
                 optimizer.load_state_dict(state["optimizer"])
             return state
         from torch.distributed.checkpoint import state_dict as sd
+        from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
         state = checkpoint.load_state(path, need=checkpoint.SHARDS)
         want = {"model": sd.get_model_state_dict(model)}
@@ -276,7 +276,7 @@ class Dist:
             want["optimizer"] = sd.get_optimizer_state_dict(model, optimizer)  # the layout to read into
         try:
             _dcp("load", want, checkpoint_id=path / checkpoint.SHARDS, no_dist=self.world == 1)
-        except Exception as e:  # missing or damaged shards, or a model that does not fit them
+        except (Exception, CheckpointException) as e:  # damaged shards, or a model that does not fit them
             raise UserError(f"sharded checkpoint {path.resolve()} is corrupt or does not fit the model "
                             f"({checkpoint.first_line(e)})",
                             "delete the run folder to start over, or resume a run with an intact checkpoint") from None
