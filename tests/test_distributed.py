@@ -23,8 +23,11 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 # No dropout (masks differ per process) and LayerNorm (BatchNorm statistics are per process): with those, the
 # math of 1 and 2 processes is the same and only the order of float additions differs.
+# Monitoring the loss for its maximum makes the first evaluation (step 6) the "best" one, so that the end of the run restores an
+# earlier checkpoint (from shards, under FSDP) before exporting model/.
 MLP = ["digits-mlp", "model.dropout=0", "model.norm=layer", "data.batch_size=16", "loop.grad_accum=4",
-       "loop.max_steps=12", "loop.eval_every=6", "loop.log_every=6"]
+       "loop.max_steps=12", "loop.eval_every=6", "loop.log_every=6", "loop.monitor=loss",
+       "loop.monitor_mode=max"]
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +151,7 @@ def test_two_processes_follow_the_loss_curve_of_one(tmp_path, gpt, case):
     assert_same_curve(curve(tmp_path / "one"), curve(tmp_path / "two"), rel=1e-5)
     summary = json.loads((tmp_path / "two/summary.json").read_text())
     assert summary["status"] == "completed" and summary["processes"] == 2 and summary["parallel"] == parallel
+    assert summary["best"]["step"] == (6 if model == "mlp" else 12)
     ckpt = tmp_path / "two/checkpoints/last"
     assert (ckpt / ("shards/.metadata" if parallel == "fsdp" else "model.safetensors")).is_file()
     # model/ holds whole weights either way, loadable without torch.distributed.
