@@ -23,8 +23,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 # No dropout (masks differ per process) and LayerNorm (BatchNorm statistics are per process): with those, the
 # math of 1 and 2 processes is the same and only the order of float additions differs.
-# Monitoring the loss for its maximum makes the first evaluation (step 6) the "best" one, so that the end of the run restores an
-# earlier checkpoint (from shards, under FSDP) before exporting model/.
+# Monitoring the loss for its maximum makes the first evaluation (step 6) the "best" one, so that the end of
+# the run restores an earlier checkpoint (from shards, under FSDP) before exporting model/.
 MLP = ["digits-mlp", "model.dropout=0", "model.norm=layer", "data.batch_size=16", "loop.grad_accum=4",
        "loop.max_steps=12", "loop.eval_every=6", "loop.log_every=6", "loop.monitor=loss",
        "loop.monitor_mode=max"]
