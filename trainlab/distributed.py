@@ -98,24 +98,20 @@ def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
         if name != "cuda":
             raise UserError(f"loop.device = '{name}' names one GPU, but under torchrun each process uses the GPU "
                             "of its local rank", "use loop.device=auto or cuda (and CUDA_VISIBLE_DEVICES to choose)")
-        _check_gpu_count()
+        # Every process of a machine sees the same counts, so all of them stop with the same error.
+        per_machine, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+        if per_machine > gpus:
+            raise UserError(f"torchrun started {per_machine} processes on a machine with {gpus} GPUs",
+                            f"use torchrun --nproc_per_node {gpus}")
         name = f"cuda:{local_rank}"  # torchrun's LOCAL_RANK picks this process's GPU
     return torch.device(name)
 
 
-def _check_gpu_count() -> None:
-    """Every process of a machine sees the same counts, so all of them stop with the same error."""
-    per_machine, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
-    if per_machine > gpus:
-        raise UserError(f"torchrun started {per_machine} processes on a machine with {gpus} GPUs",
-                        f"use torchrun --nproc_per_node {gpus}")
-
-
 class Dist:
     def __init__(self, loop: LoopConfig, rank: int = 0, world: int = 1, local_rank: int = 0,
-                 owns_group: bool = False):
+                 owns_group: bool = False, device: torch.device | None = None):
         self.rank, self.world, self.local_rank, self.parallel = rank, world, local_rank, loop.parallel
-        self.device = pick_device(loop.device, local_rank, world)
+        self.device = device or pick_device(loop.device, local_rank, world)
         self.owns_group = owns_group
         # NCCL moves CUDA tensors only; gloo moves CPU tensors.
         self.comm_device = self.device if world > 1 and dist.get_backend() == "nccl" else torch.device("cpu")
@@ -156,11 +152,7 @@ class Dist:
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """The mean over ranks of each value (every rank contributes the same number of examples)."""
-        if self.world == 1:
-            return values
-        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.comm_device)
-        dist.all_reduce(t)
-        return dict(zip(values, (t / self.world).tolist()))
+        return dict(zip(values, (v / self.world for v in self.sum(list(values.values())))))
 
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
@@ -204,7 +196,7 @@ class Dist:
 
     def wrap(self, model: nn.Module, objective: Objective, compile: bool) -> nn.Module:
         """The module the loop calls: batch -> (loss, metrics). `model` stays the module that is saved."""
-        fsdp = self.world > 1 and self.parallel == "fsdp"
+        fsdp = self.world > 1 and self.sharded
         if fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
@@ -225,7 +217,7 @@ class Dist:
         """Around a micro-step's forward and backward: gradients are averaged across ranks only when `sync`."""
         if self.world == 1:
             return nullcontext()
-        if self.parallel == "fsdp":
+        if self.sharded:
             step.set_requires_gradient_sync(sync)
             return nullcontext()
         return nullcontext() if sync else step.no_sync()
@@ -363,23 +355,20 @@ def session(loop: LoopConfig):
         yield Dist(loop)
         return
     world, r, local = int(os.environ["WORLD_SIZE"]), rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(loop.device, local, world)  # also checks that the machine has a GPU per process
     owns = not dist.is_initialized()
     if owns:
-        backend = loop.backend
-        gpu = loop.device.startswith("cuda") or (loop.device == "auto" and torch.cuda.is_available())
-        if backend == "auto":
-            backend = "nccl" if gpu else "gloo"
-        if backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
+        backend = loop.backend if loop.backend != "auto" else "nccl" if device.type == "cuda" else "gloo"
+        if backend == "nccl" and not (device.type == "cuda" and dist.is_nccl_available()):
             raise UserError("loop.backend = 'nccl' needs CUDA GPUs and a CUDA build of PyTorch; this process has "
                             "neither", "use loop.backend=auto (gloo on CPUs)")
         if not dist.is_available() or (backend == "gloo" and not dist.is_gloo_available()):
             raise UserError(f"this PyTorch build has no '{backend}' backend for torch.distributed",
                             "install a PyTorch build with distributed support, or run one process")
-        if backend == "nccl":
-            _check_gpu_count()
-            torch.cuda.set_device(local)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=timedelta(seconds=loop.dist_timeout_s))
-    ctx = Dist(loop, r, world, local, owns)
+    ctx = Dist(loop, r, world, local, owns, device)
     try:
         yield ctx
     finally:

@@ -43,8 +43,6 @@ class GlobalBatches:
         """Examples lo..hi-1 of the next `batches` global batches laid end to end, in `parts` equal micro-batches.
         Every process advances by the same `batches`; only its own slice is fetched. One process: lo = 0,
         hi = batches * batch_size, parts = batches gives the global batches themselves."""
-        if batches == parts and (lo, hi) == (0, batches * self.batch_size):
-            return [next(self) for _ in range(batches)]
         drawn = [self._draw() for _ in range(batches)]
         ids = torch.cat([d[0] for d in drawn])[lo:hi]
         params = torch.cat([d[1] for d in drawn])[lo:hi] if drawn[0][1] is not None else None
