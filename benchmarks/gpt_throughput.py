@@ -27,8 +27,8 @@ SIZES = [
 
 
 def trainlab_model(layers, heads, width, ctx, vocab):
-    return GPT(GPTConfig(vocab_size=vocab, block_size=ctx, n_layer=layers, n_head=heads, n_embd=width, bias=True,
-                         norm="layer", pos="learned", mlp="gelu", tie_weights=True))
+    return GPT(GPTConfig(n_layer=layers, n_head=heads, n_embd=width, bias=True, norm="layer", pos="learned",
+                         activation="gelu", tie_weights=True), vocab, ctx)
 
 
 def hf_model(layers, heads, width, ctx, vocab):

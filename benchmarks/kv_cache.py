@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=512)
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=4096, block_size=1024, n_layer=4, n_head=4, n_embd=128)).eval()
+    model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128), 4096, 1024).eval()
     prompt = torch.randint(0, 4096, (16,)).tolist()
     times: dict[str, list[float]] = {"cache": [], "recompute": []}
     outputs = {}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from trainlab import config
+from trainlab import config, registry
 from tests.conftest import run_cli
 
 
@@ -20,10 +20,8 @@ def text_dir(tmp_path_factory):
 
 
 def recipe_args(recipe: str, text_dir) -> list[str]:
-    from trainlab.data import TEXT_SOURCES
-
     source = config.load_recipe(recipe).data.source
-    if source not in TEXT_SOURCES:
+    if "tokens" not in registry.get("source", source).produces:
         return []
     args = [f"data.cache_dir={text_dir / 'cache'}"]
     return args + ([f"data.path={text_dir / 'play.txt'}"] if source == "text" else [])
@@ -39,7 +37,7 @@ def test_every_bundled_recipe_trains_evaluates_and_reports(tmp_path, recipe, tex
         r = run_cli("sample", str(run), "--prompt", "I ", "--max-new-tokens", "20", "--seed", "0")
         assert r.returncode == 0 and r.stdout.startswith("I "), r.stderr
     summary = json.loads((run / "summary.json").read_text())
-    classical = config.load_recipe(recipe).model.kind in config.CLASSICAL_KINDS  # fitted in one call, no steps
+    classical = registry.fitted(config.load_recipe(recipe).model.kind)  # fitted in one call, no steps
     assert summary["status"] == "completed" and summary["steps"] == (0 if classical else 8)
     split = "test" if config.load_recipe(recipe).data.test_fraction > 0 else "val"  # shakespeare-char has no test
     r = run_cli("eval", str(run), "--split", split)
@@ -52,7 +50,7 @@ def test_every_bundled_recipe_trains_evaluates_and_reports(tmp_path, recipe, tex
     assert (run / "report.md").is_file()
     pictures = {p.name for p in run.glob("*.png")}
     assert classical or (run / "curves.png").stat().st_size > 1000
-    if config.load_recipe(recipe).model.kind in config.UNSUPERVISED_KINDS:
+    if registry.unsupervised(config.load_recipe(recipe).model.kind):
         assert "embedding.png" in pictures and "uses labels" in (run / "report.md").read_text()
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainlab.config import DataConfig
+from trainlab.config import data_table
 from trainlab.data import tokenizer as tok_lib
 from trainlab.data.text import TextData, split_documents
 from trainlab.errors import UserError
@@ -19,7 +19,10 @@ def tiny_gpt(**kw) -> GPT:
     torch.manual_seed(0)
     cfg = dict(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32)
     cfg.update(kw)
-    return GPT(GPTConfig(**cfg)).eval()
+    vocab, block = cfg.pop("vocab_size"), cfg.pop("block_size")
+    if "mlp" in cfg:
+        cfg["activation"] = cfg.pop("mlp")
+    return GPT(GPTConfig(**cfg), vocab, block).eval()
 
 
 @pytest.mark.parametrize("pos", ["rope", "learned"])
@@ -54,7 +57,7 @@ def test_kv_cache_logits_equal_a_full_forward(pos, moe):
     seq = torch.randint(0, 50, (2, 24))
     with torch.no_grad():
         full = m(seq)
-        cache = KVCache(m.cfg, 2, "cpu", torch.float32)
+        cache = KVCache(m, 2, "cpu", torch.float32)
         parts = [m(seq[:, :10], cache), m(seq[:, 10:16], cache)]  # a prefix, then a chunk after it
         parts += [m(seq[:, i:i + 1], cache) for i in range(16, 24)]  # then one token at a time
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-5)
@@ -142,7 +145,7 @@ def write_corpus(folder, n_docs=12, words=400):
 
 def test_packing_holds_out_whole_documents_and_is_cached(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c")
-    cfg = DataConfig(source="text", path=str(corpus), tokenizer="char", block_size=16, val_fraction=0.2,
+    cfg = data_table(source="text", path=str(corpus), tokenizer="char", block_size=16, val_fraction=0.2,
                      test_fraction=0.1, cache_dir=str(tmp_path / "cache"))
     d = TextData(cfg)
     docs = d.info["documents"]
@@ -168,7 +171,7 @@ def test_vocabulary_beyond_uint16_switches_to_uint32(tmp_path):
     (tmp_path / "c").mkdir()
     chars = "".join(chr(0x10000 + i) for i in range(70_000))  # 70,000 distinct characters
     (tmp_path / "c" / "a.txt").write_text(chars * 2)
-    cfg = DataConfig(source="text", path=str(tmp_path / "c"), tokenizer="char", split="tail", block_size=8,
+    cfg = data_table(source="text", path=str(tmp_path / "c"), tokenizer="char", split="tail", block_size=8,
                      val_fraction=0.2, test_fraction=0.0, cache_dir=str(tmp_path / "cache"))
     d = TextData(cfg)
     assert d.info["vocab_size"] > 65_536 and d.tokens["train"].dtype == np.uint32
@@ -179,7 +182,7 @@ def test_vocabulary_beyond_uint16_switches_to_uint32(tmp_path):
 def test_non_utf8_files_are_skipped_with_a_count_or_refused(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c", n_docs=6)
     (corpus / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 50)
-    cfg = DataConfig(source="text", path=str(corpus), tokenizer="char", block_size=16, val_fraction=0.2,
+    cfg = data_table(source="text", path=str(corpus), tokenizer="char", block_size=16, val_fraction=0.2,
                      test_fraction=0.0, cache_dir=str(tmp_path / "cache"))
     assert TextData(cfg).info["skipped_files"] == 1
     with pytest.raises(UserError, match="not UTF-8"):
@@ -190,19 +193,19 @@ def test_empty_corpus_and_tiny_splits(tmp_path):
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "a.txt").write_text("")
     with pytest.raises(UserError, match="empty"):
-        TextData(DataConfig(source="text", path=str(tmp_path / "e"), cache_dir=str(tmp_path / "cache")))
+        TextData(data_table(source="text", path=str(tmp_path / "e"), cache_dir=str(tmp_path / "cache")))
     with pytest.raises(UserError, match="does not exist"):
-        TextData(DataConfig(source="text", path=str(tmp_path / "nope"), cache_dir=str(tmp_path / "cache")))
+        TextData(data_table(source="text", path=str(tmp_path / "nope"), cache_dir=str(tmp_path / "cache")))
 
 
 def test_jsonl_source(tmp_path):
     rows = [json.dumps({"body": f"line {i} " * 30}) for i in range(20)]
     (tmp_path / "d.jsonl").write_text("\n".join(rows) + "\n")
-    d = TextData(DataConfig(source="jsonl", path=str(tmp_path / "d.jsonl"), text_field="body", tokenizer="char",
+    d = TextData(data_table(source="jsonl", path=str(tmp_path / "d.jsonl"), text_field="body", tokenizer="char",
                             block_size=16, cache_dir=str(tmp_path / "cache")))
     assert sum(d.info["documents"].values()) == 20
     with pytest.raises(UserError, match="no text field 'text'"):
-        TextData(DataConfig(source="jsonl", path=str(tmp_path / "d.jsonl"), cache_dir=str(tmp_path / "c2")))
+        TextData(data_table(source="jsonl", path=str(tmp_path / "d.jsonl"), cache_dir=str(tmp_path / "c2")))
 
 
 def test_prompt_longer_than_the_context():
@@ -263,13 +266,13 @@ def test_hugging_face_dataset_saved_on_disk(tmp_path):
 
     texts = [f"document {i}: " + "lorem ipsum dolor " * 20 for i in range(30)]
     Dataset.from_dict({"content": texts}).save_to_disk(str(tmp_path / "ds"))
-    d = TextData(DataConfig(source="hf_disk", path=str(tmp_path / "ds"), text_field="content", tokenizer="char",
+    d = TextData(data_table(source="hf_disk", path=str(tmp_path / "ds"), text_field="content", tokenizer="char",
                             block_size=16, cache_dir=str(tmp_path / "cache")))
     assert sum(d.info["documents"].values()) == 30
     DatasetDict({"a": Dataset.from_dict({"content": texts[:10]}), "b": Dataset.from_dict({"content": texts[10:]})}
                 ).save_to_disk(str(tmp_path / "dd"))
-    d = TextData(DataConfig(source="hf_disk", path=str(tmp_path / "dd"), text_field="content", tokenizer="char",
+    d = TextData(data_table(source="hf_disk", path=str(tmp_path / "dd"), text_field="content", tokenizer="char",
                             block_size=16, cache_dir=str(tmp_path / "cache")))
     assert sum(d.info["documents"].values()) == 30
     with pytest.raises(UserError, match="no column 'text'"):
-        TextData(DataConfig(source="hf_disk", path=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c2")))
+        TextData(data_table(source="hf_disk", path=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c2")))

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from trainlab import config, loop
+from trainlab import config, loop, registry
 from trainlab.eval import evaluate_run
 
 
@@ -31,7 +31,7 @@ def _fit(recipe, run_dir):
 
     cfg = config.load_recipe(recipe)
     with contextlib.redirect_stdout(io.StringIO()):
-        (classical.fit if cfg.model.kind in config.CLASSICAL_KINDS else loop.train)(cfg, run_dir)
+        (classical.fit if registry.fitted(cfg.model.kind) else loop.train)(cfg, run_dir)
     return evaluate_run(run_dir, "test")
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainlab import loop, models
-from trainlab.config import DataConfig, ModelConfig
+from trainlab.config import data_table, model_table
 from trainlab.data import build
 from trainlab.errors import UserError
 from trainlab.eval import unsupervised as U
@@ -26,7 +26,7 @@ def blobs(n=90, seed=0):
 @pytest.mark.parametrize("kind,extra", [("kmeans", {"n_clusters": 3}), ("dbscan", {"eps": 3.0, "min_samples": 4})])
 def test_clustering_recovers_separated_blobs(kind, extra):
     x, y = blobs()
-    m, fit_metrics = classical.fit(ModelConfig(kind=kind, **extra), x, seed=0)
+    m, fit_metrics = classical.fit(model_table(kind=kind, **extra), x, seed=0)
     xt, yt = blobs(seed=1)
     out = U.cluster_metrics(xt, m.clusters(xt), yt)
     assert out["ari"] > 0.95 and out["nmi"] > 0.95 and out["silhouette"] > 0.5
@@ -35,7 +35,7 @@ def test_clustering_recovers_separated_blobs(kind, extra):
 
 def test_dbscan_marks_far_points_as_noise():
     x, _ = blobs()
-    m, _ = classical.fit(ModelConfig(kind="dbscan", eps=3.0, min_samples=4), x, seed=0)
+    m, _ = classical.fit(model_table(kind="dbscan", eps=3.0, min_samples=4), x, seed=0)
     assert m.clusters(np.full((1, 5), 100.0, np.float32))[0] == -1
     assert m.score(np.full((1, 5), 100.0, np.float32))[0] > m.score(x).max()
 
@@ -43,7 +43,8 @@ def test_dbscan_marks_far_points_as_noise():
 @pytest.mark.parametrize("kind", ["pca", "tsne", "umap"])
 def test_embeddings_keep_clusters_apart(kind):
     x, y = blobs(120)
-    m, _ = classical.fit(ModelConfig(kind=kind, n_components=2, perplexity=10, n_neighbors=10), x, seed=0)
+    extra = {"pca": {}, "tsne": {"perplexity": 10, "n_neighbors": 10}, "umap": {"n_neighbors": 10}}[kind]
+    m, _ = classical.fit(model_table(kind=kind, n_components=2, **extra), x, seed=0)
     z = m.embed(x)
     assert z.shape == (120, 2)
     from sklearn.cluster import KMeans
@@ -57,7 +58,7 @@ def test_pca_matches_scikit_learn_and_reconstructs():
     from sklearn.decomposition import PCA
 
     x, _ = blobs()
-    m, fit_metrics = classical.fit(ModelConfig(kind="pca", n_components=3), x, seed=0)
+    m, fit_metrics = classical.fit(model_table(kind="pca", n_components=3), x, seed=0)
     ref = PCA(3).fit(x)
     np.testing.assert_allclose(np.abs(m.embed(x)), np.abs(ref.transform(x)), rtol=1e-3, atol=1e-3)
     assert fit_metrics["explained_variance"] == pytest.approx(ref.explained_variance_ratio_.sum(), rel=1e-5)
@@ -67,7 +68,7 @@ def test_pca_matches_scikit_learn_and_reconstructs():
 @pytest.mark.parametrize("kind", ["kmeans", "dbscan", "pca", "tsne"])
 def test_saved_model_round_trip_without_pickle(tmp_path, kind):
     x, _ = blobs()
-    cfg = ModelConfig(kind=kind, n_clusters=3, eps=3.0, perplexity=10)
+    cfg = model_table(kind=kind, n_clusters=3, **{"dbscan": {"eps": 3.0}, "tsne": {"perplexity": 10}}.get(kind, {}))
     m, _ = classical.fit(cfg, x, seed=0)
     m.save(tmp_path / "model", cfg, {"task": "unlabeled"})
     assert not list((tmp_path / "model").glob("*.pkl"))
@@ -80,7 +81,7 @@ def test_saved_model_round_trip_without_pickle(tmp_path, kind):
 
 def test_too_few_samples_for_k():
     with pytest.raises(UserError, match="n_clusters = 10 needs at least"):
-        classical.fit(ModelConfig(kind="kmeans", n_clusters=10), np.zeros((5, 2), np.float32), seed=0)
+        classical.fit(model_table(kind="kmeans", n_clusters=10), np.zeros((5, 2), np.float32), seed=0)
 
 
 def test_umap_missing_is_a_clear_error(monkeypatch):
@@ -95,7 +96,7 @@ def test_umap_missing_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_umap)
     with pytest.raises(UserError) as e:
-        classical.fit(ModelConfig(kind="umap"), blobs()[0], seed=0)
+        classical.fit(model_table(kind="umap"), blobs()[0], seed=0)
     assert "umap-learn" in e.value.message and "trainlab[umap]" in e.value.hint
 
 
@@ -157,11 +158,11 @@ def test_loop_trains_a_vae_and_logs_the_elbo(tmp_path):
 
 
 def test_anomaly_class_never_reaches_training():
-    d = build(DataConfig(source="digits", anomaly_class=8))
+    d = build(data_table(source="digits", anomaly_class=8))
     assert (d.splits["train"].y != 8).all()
     assert (d.splits["val"].y == 8).any() and (d.splits["test"].y == 8).any()
     with pytest.raises(UserError, match="anomaly_class = 12"):
-        build(DataConfig(source="digits", anomaly_class=12))
+        build(data_table(source="digits", anomaly_class=12))
 
 
 def test_threshold_and_anomaly_metrics():

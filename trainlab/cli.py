@@ -50,10 +50,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> None:
-    from trainlab import config, distributed, loop
+    from trainlab import config, distributed, loop, registry
 
     cfg = config.load_recipe(args.recipe, args.overrides)
-    if cfg.model.kind in config.CLASSICAL_KINDS:
+    if registry.fitted(cfg.model.kind):
         if distributed.launched():
             raise UserError(f"model.kind = '{cfg.model.kind}' is fitted in one call by one process",
                             "run it without torchrun")
@@ -118,9 +118,9 @@ def cmd_sample(args) -> None:
         raise UserError("--max-new-tokens must be >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1",
                         "fix the sampling options")
     tokenizer = tok_lib.load(Path(args.run_dir) / "model" / "tokenizer.json")
-    if tokenizer.vocab_size != model.cfg.vocab_size:
+    if tokenizer.vocab_size != model.vocab_size:
         raise UserError(f"the tokenizer in {args.run_dir}/model has {tokenizer.vocab_size} tokens but the model was "
-                        f"trained with {model.cfg.vocab_size}: they do not match",
+                        f"trained with {model.vocab_size}: they do not match",
                         "use the tokenizer.json written by the same training run")
     print(args.prompt, end="", flush=True)
     for piece in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
@@ -140,10 +140,7 @@ def cmd_recipes(args) -> None:
     from trainlab import config
 
     if args.keys:
-        defaults = config.Config().model_dump(mode="json")
-        for key in config.all_keys():
-            table, name = key.split(".")
-            print(f"{key} = {json.dumps(defaults[table][name])}")
+        print_keys()
         return
     found = config.bundled_recipes()
     width = max((len(n) for n in found), default=4)
@@ -153,6 +150,29 @@ def cmd_recipes(args) -> None:
         except tomllib.TOMLDecodeError:
             desc = "(not valid TOML)"
         print(f"{name:<{width}}  {desc}")
+
+
+def print_keys() -> None:
+    """Every recipe key with its default, type and comment, by table; [data], [model] and [objective] by kind."""
+    from trainlab import config, registry
+
+    def show(table: str, cls, skip: str = "") -> None:
+        notes = config.key_comments(cls)
+        for key, default, kind in config.table_keys(cls):
+            if key == skip:
+                continue
+            note = notes.get(key.split(".")[-1], "")
+            print(f"  {table}.{key} = {json.dumps(default)}  ({kind})" + (f"  # {note}" if note else ""))
+
+    for table, field in config.Config.model_fields.items():
+        if table in config.KIND_KEY:
+            key = config.KIND_KEY[table]
+            for name, e in sorted(registry.entries(config.REGISTRY_OF[table]).items()):
+                print(f"[{table}] {key} = {json.dumps(name)}" + (f"  # {e.doc}" if e.doc else ""))
+                show(table, e.table, skip=key)
+        else:
+            print(f"[{table}]")
+            show(table, field.annotation)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`trainlab recipes | head`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except RuntimeError as e:  # under torchrun: another process died, or a collective timed out
         from trainlab import distributed
 

@@ -14,104 +14,72 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveInt, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 from trainlab.errors import UserError
 
 
-class _Table(BaseModel):
+class Table(BaseModel):
+    """A recipe table: unknown keys are errors, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class RunConfig(_Table):
+class RunConfig(Table):
     name: str = "run"
     description: str = ""
     seed: int = 0
     out_dir: str = "runs"  # the run folder is out_dir/name (name-2, name-3, ... if taken)
 
 
-class DataConfig(_Table):
-    # Bundled (no download): digits, breast_cancer, diabetes; stdlib (the Python standard library's source as
-    # text). Users' own: csv, image_folder, idx; text (files, folders, globs), jsonl, hf_disk (datasets on disk).
-    source: Literal["digits", "breast_cancer", "diabetes", "csv", "image_folder", "idx",
-                    "stdlib", "text", "jsonl", "hf_disk"] = "digits"
-    path: str = ""  # csv: the file; image_folder: the root (one sub-folder per class); idx: the images file;
-    # text: a file, folder or glob; jsonl: a file or glob; hf_disk: the folder of Dataset.save_to_disk
-    labels_path: str = ""  # idx: the labels file
-    target: str = ""  # csv: the target column (default: the last column)
-    task: Literal["auto", "classification", "regression", "unlabeled"] = "auto"  # unlabeled: no target column
-    num_classes: int = Field(0, ge=0)  # 0 = infer from the labels; otherwise labels must lie in [0, num_classes)
+# The three tables chosen by kind. Each kind's class (its keys, defaults, cross-key checks) lives beside its
+# builder and is registered there (trainlab.registry); these bases hold what every kind of that table shares.
+
+
+class ModelTable(Table):
+    kind: str
+
+
+class NetworkTable(ModelTable):
+    """A model trained by the loop (not fitted in one call)."""
+
+    init_from: str = ""  # a finished run folder: build from its model/ and load its weights (and tokenizer)
+    init_skip: list[str] = []  # with init_from: parameter-name prefixes left freshly initialized (a new head)
+
+
+class ObjectiveTable(Table):
+    kind: str
+
+
+class DataTable(Table):
+    source: str
     val_fraction: float = Field(0.15, gt=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     split_seed: int = 0  # the split is fixed by this seed, independent of run.seed
-    subset: int = Field(0, ge=0)  # keep only this many training examples (0 = all)
     batch_size: PositiveInt = 64
     eval_batch_size: PositiveInt = 512
+
+
+class ArrayTable(DataTable):
+    """Tables and images held as arrays."""
+
+    task: Literal["auto", "classification", "regression", "unlabeled"] = "auto"  # unlabeled: no target column
+    num_classes: int = Field(0, ge=0)  # 0 = infer from the labels; otherwise labels must lie in [0, num_classes)
+    subset: int = Field(0, ge=0)  # keep only this many training examples (0 = all)
     standardize: bool = True  # z-score inputs (and regression targets) with training-split statistics
-    image_size: PositiveInt = 28  # image_folder: images are resized to image_size x image_size
-    grayscale: bool = True  # image_folder: one channel instead of three
-    augment: bool = False  # images: random shifts and rotations of training batches
-    augment_shift: float = Field(1.0, ge=0)  # pixels, at most
-    augment_degrees: float = Field(10.0, ge=0, le=180)
-    # Text (language models):
-    text_field: str = "text"  # jsonl, hf_disk: the field holding the text
-    tokenizer: Literal["bpe", "char"] = "bpe"  # byte-level BPE trained on the training split, or characters
-    vocab_size: int = Field(4096, ge=2)  # bpe
-    block_size: PositiveInt = 256  # tokens of context per training window
-    split: Literal["documents", "tail"] = "documents"  # text: hold out whole documents (by a stable hash of
-    # their names), or cut the concatenated text: the last val_fraction + test_fraction (one-file corpora)
-    on_decode_error: Literal["skip", "error"] = "skip"  # a file that is not UTF-8: leave it out (counted) or stop
-    max_bytes: int = Field(0, ge=0)  # use documents (in a stable hash order) up to this many bytes (0 = all)
-    cache_dir: str = ""  # packed token files are cached here (default: ~/.cache/trainlab)
     anomaly_class: int = -1  # unsupervised: this class never reaches training and counts as the anomaly (-1 = none)
 
 
-CLASSICAL_KINDS = ("kmeans", "dbscan", "pca", "tsne", "umap")  # fitted by scikit-learn / umap-learn, no loop
-UNSUPERVISED_KINDS = CLASSICAL_KINDS + ("autoencoder", "vae")
+class ImageTable(ArrayTable):
+    """Images (C, H, W): may be augmented."""
+
+    augment: bool = False  # random shifts and rotations of training batches
+    augment_shift: float = Field(1.0, ge=0)  # pixels, at most
+    augment_degrees: float = Field(10.0, ge=0, le=180)
 
 
-class ModelConfig(_Table):
-    # Supervised: mlp, cnn. Unsupervised, neural (the training loop): autoencoder, vae.
-    # Unsupervised, classical (fitted once): kmeans, dbscan, pca, tsne, umap.
-    # Language model: gpt.
-    kind: Literal["mlp", "cnn", "autoencoder", "vae", "kmeans", "dbscan", "pca", "tsne", "umap", "gpt"] = "mlp"
-    hidden: list[PositiveInt] = [128]  # mlp, and the mlp autoencoder/vae: hidden widths of the encoder
-    channels: list[PositiveInt] = [32, 64]  # cnn, and the conv autoencoder/vae: width of each stage
-    blocks: PositiveInt = 1  # cnn: residual blocks per stage
-    dropout: float = Field(0.0, ge=0, lt=1)
-    norm: Literal["batch", "layer", "rms", "none"] = "batch"  # gpt: layer or rms
-    activation: Literal["relu", "gelu", "swiglu"] = "relu"  # gpt: gelu or swiglu
-    arch: Literal["mlp", "conv"] = "mlp"  # autoencoder/vae: fully connected or convolutional encoder/decoder
-    latent_dim: PositiveInt = 8  # autoencoder/vae: size of the code
-    n_clusters: int = Field(10, ge=2)  # kmeans; and the k-means run on every other method's codes/embeddings
-    elbow_max_k: int = Field(0, ge=0)  # kmeans: also fit k = 2..elbow_max_k for the elbow plot (0 = skip)
-    eps: float = Field(0.5, gt=0)  # dbscan: neighbourhood radius (in standardized units)
-    min_samples: PositiveInt = 5  # dbscan: neighbours that make a core point
-    n_components: int = Field(2, ge=1)  # pca, tsne, umap: dimensions of the embedding
-    perplexity: float = Field(30.0, gt=0)  # tsne
-    n_neighbors: int = Field(15, ge=2)  # umap; also the k of the nearest-neighbour map that embeds new points
-    min_dist: float = Field(0.1, ge=0)  # umap
-    n_layer: PositiveInt = 4  # gpt: Transformer blocks
-    n_head: PositiveInt = 4  # gpt: attention heads (n_embd must divide by it)
-    n_embd: PositiveInt = 128  # gpt: residual stream width
-    pos: Literal["rope", "learned"] = "rope"  # gpt: rotary or learned absolute positions
-    mlp_ratio: float = Field(4.0, gt=0)  # gpt: MLP hidden width / n_embd (x 2/3 for swiglu)
-    bias: bool = False  # gpt: biases in linear layers and LayerNorm
-    tie_weights: bool = True  # gpt: the output head shares the token embedding
-    moe_experts: int = Field(0, ge=0)  # gpt: experts per MLP (0 = dense)
-    moe_top_k: PositiveInt = 2  # gpt: experts each token is routed to
-
-
-class ObjectiveConfig(_Table):
-    # auto: classification/regression from the data's task; reconstruction for autoencoders, elbo for VAEs
-    kind: Literal["auto", "classification", "regression", "reconstruction", "elbo", "next_token"] = "auto"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    kl_weight: float = Field(1.0, ge=0)  # elbo: weight of the KL term (beta)
-    kl_warmup_steps: int = Field(0, ge=0)  # elbo: the KL weight ramps linearly from 0 over these steps
-    moe_aux_weight: float = Field(0.01, ge=0)  # next_token: weight of the MoE load-balancing loss
-
-
-class OptimConfig(_Table):
+class OptimConfig(Table):
     name: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)  # never applied to biases and norm weights
@@ -119,15 +87,27 @@ class OptimConfig(_Table):
     eps: float = Field(1e-8, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = False  # sgd
+    # Learning-rate multipliers by parameter-name prefix, e.g. {"head" = 10.0, "blocks.0." = 0.1}: the longest
+    # matching prefix wins; the schedule scales every group alike.
+    lr_mult: dict[str, float] = {}
+    freeze: list[str] = []  # parameter-name prefixes that are not trained (requires_grad = False)
+
+    @field_validator("lr_mult")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: m for k, m in v.items() if not m > 0}
+        if bad:
+            raise ValueError(f"must map name prefixes to multipliers > 0 (freeze a prefix with optim.freeze)")
+        return v
 
 
-class ScheduleConfig(_Table):
+class ScheduleConfig(Table):
     name: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_steps: int = Field(0, ge=0)  # linear warm-up from 0, then the decay
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # the decay ends at lr * min_lr_ratio
 
 
-class LoopConfig(_Table):
+class LoopConfig(Table):
     epochs: PositiveInt = 10  # used when steps = 0
     steps: int = Field(0, ge=0)  # optimizer steps; 0 = derived from epochs (written into config.toml)
     max_steps: int = Field(0, ge=0)  # a cap on optimizer steps for any recipe (0 = none)
@@ -159,14 +139,84 @@ class LoopConfig(_Table):
         raise ValueError("must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
 
 
-class Config(_Table):
+class _TableInvalid(Exception):
+    """A kind's table failed validation: carried out of pydantic (which would flatten a ValueError) whole."""
+
+    def __init__(self, table: str, kind: str, error: ValidationError):
+        self.table, self.kind, self.error = table, kind, error
+
+
+KIND_KEY = {"model": "kind", "objective": "kind", "data": "source"}
+REGISTRY_OF = {"model": "model", "objective": "objective", "data": "source"}
+DEFAULT_KIND = {"model": "mlp", "data": "digits", "objective": "auto"}
+
+
+def table(name: str, raw: dict | None = None, model_kind: str = "mlp", /, **keys) -> Table:
+    """The `[name]` table (model, data or objective) of its kind, validated: `table("model", kind="gpt")`.
+    `objective` kind "auto" is the model kind's own objective (`model_kind`)."""
+    from trainlab import registry
+
+    raw = {**(raw or {}), **keys}
+    key = KIND_KEY[name]
+    kind = raw.get(key, DEFAULT_KIND[name])
+    if name == "objective" and kind == "auto":
+        kind = registry.get("model", model_kind).objective or "none"
+    if not isinstance(kind, str):
+        raise UserError(f"'{name}.{key}' must be a string naming a registered kind; got {kind!r}",
+                        f"`trainlab recipes --keys` lists the kinds of [{name}]")
+    cls = registry.get(REGISTRY_OF[name], kind).table
+    try:
+        return cls.model_validate({**raw, key: kind})
+    except ValidationError as e:
+        raise _TableInvalid(name, kind, e) from None
+
+
+def model_table(**keys) -> Table:
+    """The [model] table from Python: `model_table(kind="gpt", n_layer=2)`; bad keys are a UserError."""
+    return _checked("model", keys)
+
+
+def data_table(**keys) -> Table:
+    """The [data] table from Python: `data_table(source="csv", path="my.csv")`."""
+    return _checked("data", keys)
+
+
+def _checked(name: str, keys: dict) -> Table:
+    try:
+        return table(name, keys)
+    except _TableInvalid as e:
+        raise _user_error(e.error, "python", e.table, e.kind) from None
+
+
+class Config(Table):
     run: RunConfig = RunConfig()
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
+    data: SerializeAsAny[DataTable] = Field(default_factory=lambda: table("data"))
+    model: SerializeAsAny[ModelTable] = Field(default_factory=lambda: table("model"))
+    objective: SerializeAsAny[ObjectiveTable] = Field(default_factory=lambda: table("objective"))
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     loop: LoopConfig = LoopConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tables_by_kind(cls, raw):
+        """Each of [model], [data], [objective] is validated by the class of its kind."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for name in ("model", "data", "objective"):
+            value = raw.get(name, {})
+            if isinstance(value, dict):
+                model = raw.get("model")
+                raw[name] = table(name, value, model.kind if isinstance(model, ModelTable) else "mlp")
+        return raw
+
+    @model_validator(mode="after")
+    def _pairing(self):
+        from trainlab import registry
+
+        registry.check_pairing(self.model.kind, self.objective.kind, self.data.source)
+        return self
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json"))
@@ -240,15 +290,85 @@ def apply_override(raw: dict, item: str) -> None:
     node[leaf] = parse_value(value.strip())
 
 
-def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys += all_keys(ann, f"{prefix}{name}.")
+def flat(obj: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
+    """{"model.lora.rank": 8, ...}: every leaf key of a config (or of one table) with its value."""
+    items = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+    out: dict[str, Any] = {}
+    for k, v in items.items():
+        if isinstance(v, dict) and v and not _is_mapping_field(prefix + k):
+            out.update(flat(v, f"{prefix}{k}."))
         else:
-            keys.append(prefix + name)
-    return keys
+            out[prefix + k] = v
+    return out
+
+
+def _is_mapping_field(dotted: str) -> bool:
+    return dotted in ("optim.lr_mult",)  # a table whose keys are the user's, not the schema's
+
+
+def diff(a: Config, b: Config) -> list[str]:
+    """The dotted keys whose values differ between two configs (tables of different kinds: every key)."""
+    fa, fb = flat(a), flat(b)
+    return [k for k in sorted(set(fa) | set(fb)) if fa.get(k, _MISSING) != fb.get(k, _MISSING)]
+
+
+_MISSING = object()
+
+
+def table_keys(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, type) of every leaf key of a table class, nested tables expanded."""
+    out = []
+    for name, f in cls.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += table_keys(ann, f"{prefix}{name}.")
+        else:
+            default = f.get_default(call_default_factory=True)
+            out.append((prefix + name, default, _type_name(ann)))
+    return out
+
+
+def key_comments(cls: type[BaseModel]) -> dict[str, str]:
+    """The comment beside each key in the source of `cls` and its bases: the documentation `--keys` shows."""
+    import inspect
+    import re
+
+    notes: dict[str, str] = {}
+    for c in reversed(cls.__mro__):
+        if not (isinstance(c, type) and issubclass(c, BaseModel)) or c is BaseModel:
+            continue
+        try:
+            lines = inspect.getsource(c).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            m = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
+            if m:
+                notes[m.group(1)] = m.group(2).strip()
+    return notes
+
+
+def _type_name(ann) -> str:
+    import typing
+
+    if typing.get_origin(ann) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(ann))
+    return getattr(ann, "__name__", str(ann)).replace("typing.", "")
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key of every kind (the tables by kind contribute the union of their kinds' keys)."""
+    from trainlab import registry
+
+    keys: set[str] = set()
+    for name, cls in Config.model_fields.items():
+        ann = cls.annotation
+        if name in KIND_KEY:
+            for e in registry.entries(REGISTRY_OF[name]).values():
+                keys.update(f"{name}.{k}" for k, _, _ in table_keys(e.table))
+        else:
+            keys.update(f"{name}.{k}" for k, _, _ in table_keys(ann))
+    return sorted(keys)
 
 
 def validate(raw: dict, source: str = "recipe") -> Config:
@@ -256,19 +376,41 @@ def validate(raw: dict, source: str = "recipe") -> Config:
         return Config.model_validate(raw)
     except ValidationError as e:
         raise _user_error(e, source) from None
+    except _TableInvalid as e:
+        raise _user_error(e.error, source, e.table, e.kind) from None
+    except UserError as e:  # an unknown kind, or a pairing that cannot work
+        raise UserError(f"{source}: {e.message}", e.hint) from None
 
 
-def _user_error(e: ValidationError, source: str) -> UserError:
+def _user_error(e: ValidationError, source: str, table: str = "", kind: str = "") -> UserError:
+    from trainlab import registry
+
     err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    key = ".".join([table] * bool(table) + [str(p) for p in err["loc"]])
     got = err.get("input")
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    what = f" for {table}.{KIND_KEY[table]} = '{kind}'" if table else ""
     if err["type"] == "extra_forbidden":
-        near = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
-        hint = f"did you mean '{near[0]}'?" if near else "`trainlab recipes --keys` lists every valid key"
-        return UserError(f"{source}: unknown key '{key}'{more}", hint)
+        valid = [k for k, _, _ in table_keys(registry.get(REGISTRY_OF[table], kind).table)] if table else []
+        leaf = key.split(".", 1)[1] if table else key
+        near = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6) if table else \
+            difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+        owners = sorted(n for n, en in registry.entries(REGISTRY_OF[table]).items()
+                        if leaf in {k for k, _, _ in table_keys(en.table)}) if table else []
+        if near:
+            hint = f"did you mean '{table + '.' if table else ''}{near[0]}'?"
+        elif owners:
+            hint = f"'{leaf}' is a key of {table}.{KIND_KEY[table]} = {' or '.join(map(repr, owners))}"
+        else:
+            hint = "`trainlab recipes --keys` lists every valid key"
+        keys = f" (its keys: {', '.join(k for k in valid if k != KIND_KEY[table])})" if table else ""
+        return UserError(f"{source}: unknown key '{key}'{what}{keys}{more}", hint)
     msg = err["msg"].removeprefix("Value error, ")
-    return UserError(f"{source}: '{key}' {_expectation(msg)}; got {got!r}{more}",
+    if not err["loc"] and err["type"] == "value_error":  # a check across keys of one table
+        return UserError(f"{source}: {msg}{more}", f"fix the [{table}] table" if table else "fix the recipe")
+    if err["type"] == "missing":
+        return UserError(f"{source}: '{key}' is required{what}{more}", f"set {key} in the recipe or with {key}=...")
+    return UserError(f"{source}: '{key}' {_expectation(msg)}{what}; got {got!r}{more}",
                      "fix the value in the recipe or override it with " + f"{key}=...")
 
 
@@ -285,11 +427,42 @@ def save(cfg: Config, path: Path) -> None:
 
 
 def load_resolved(path: Path) -> Config:
-    """The fully resolved config.toml of a run folder."""
+    """The fully resolved config.toml of a run folder (one written before the tables by kind is migrated)."""
     if not path.is_file():
         raise UserError(f"{path} does not exist", "is this a run folder written by `trainlab train`?")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid TOML: {e}", "the run folder is damaged; rerun the recipe") from None
-    return validate(raw, source=str(path))
+    try:
+        return validate(raw, source=str(path))
+    except UserError as first:
+        try:
+            return validate(migrate(raw), source=str(path))
+        except UserError:
+            raise first from None
+
+
+def migrate(raw: dict) -> dict:
+    """A config.toml from before the tables by kind: [model], [data] and [objective] held every kind's keys
+    (all written out with their defaults); keep the keys of the run's own kind, and name its objective."""
+    from trainlab import registry
+
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for name in ("model", "data", "objective"):
+        if not isinstance(raw.get(name), dict):
+            continue
+        t = raw[name]
+        kind = t.get(KIND_KEY[name], DEFAULT_KIND[name])
+        if name == "objective":
+            model_kind = raw.get("model", {}).get("kind", "mlp")
+            kind = {"classification": "supervised", "regression": "supervised"}.get(kind, kind)
+            if kind == "auto":
+                kind = registry.get("model", model_kind).objective or "none"
+            t[KIND_KEY[name]] = kind
+        try:
+            valid = {k.split(".")[0] for k, _, _ in table_keys(registry.get(REGISTRY_OF[name], kind).table)}
+        except UserError:
+            continue
+        raw[name] = {k: v for k, v in t.items() if k in valid}
+    return raw

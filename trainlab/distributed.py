@@ -154,6 +154,14 @@ class Dist:
         """The mean over ranks of each value (every rank contributes the same number of examples)."""
         return dict(zip(values, (v / self.world for v in self.sum(list(values.values())))))
 
+    def mean_tensor(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of a 1-D tensor of values, staying on the device (no wait for the host with NCCL)."""
+        if self.world == 1:
+            return values
+        t = values.to(self.comm_device, torch.float64)
+        dist.all_reduce(t)
+        return (t / self.world).to(values.device, values.dtype)
+
     def sum(self, values: list[float]) -> list[float]:
         if self.world == 1:
             return values
@@ -222,9 +230,10 @@ class Dist:
             return nullcontext()
         return nullcontext() if sync else step.no_sync()
 
-    def grad_norm(self, params: list[nn.Parameter], max_norm: float) -> float:
+    def grad_norm(self, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip to the global norm; return the norm before clipping (a 0-dim tensor on the device)."""
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP: a DTensor
 
     # ------------------------------------------------------------------------------------------ checkpoints
 

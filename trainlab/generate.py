@@ -34,30 +34,75 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, top_p: flo
 
 
 @torch.no_grad()
-def generate_ids(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int | None = None, use_cache: bool = True) -> Iterator[int]:
-    """Yield new token ids one at a time. With the cache each step feeds one token; without it, the whole
-    (cropped) sequence is recomputed every step, which is what the cache saves."""
+def decode_steps(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, generator: torch.Generator | None = None,
+                 use_cache: bool = True) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, a (B,) tensor on the model's device, up to max_new_tokens times; the
+    caller decides when to stop (nothing here waits for the host). Prompts of different lengths are left-padded:
+    each row's positions start at its first real token and padding is never attended to.
+
+    With the KV cache each step feeds one token per row; past the context the cache is refilled with the most
+    recent half. Without it, the whole (cropped) sequence is recomputed every step, which is what the cache saves."""
     model.eval()
-    device = next(model.parameters()).device
-    block = model.cfg.block_size
-    g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    ids = list(prompt)
-    cache = None
+    param = next(model.parameters())
+    device, block, b = param.device, model.block_size, len(prompts)
+    if not prompts or min(len(p) for p in prompts) == 0:
+        raise ValueError("every prompt needs at least one token")
+    longest = max(len(p) for p in prompts)
+    seq = torch.zeros(b, longest + max_new_tokens, dtype=torch.long, device=device)  # left-padded prompts, then new
+    for i, p in enumerate(prompts):
+        seq[i, longest - len(p):longest] = torch.tensor(p, dtype=torch.long)
+    lengths = [len(p) for p in prompts]
+    pad = torch.tensor([longest - n for n in lengths], device=device) if len(set(lengths)) > 1 else None
+    n, cache = longest, None
+
+    def window_pad(cut: int) -> torch.Tensor | None:  # padding left in a window that drops the first `cut` columns
+        return None if pad is None else (pad - cut).clamp_min(0)
+
     for _ in range(max_new_tokens):
         if not use_cache:
-            logits = model(torch.tensor([ids[-block:]], device=device))[:, -1]
+            start = max(0, n - block)
+            logits = model(seq[:, start:n], pad=window_pad(start))[:, -1]
+        elif cache is None or cache.length >= block:
+            start = 0 if n < block else n - block // 2
+            cache = KVCache(model, b, device, param.dtype, window_pad(start))
+            logits = model(seq[:, start:n], cache)[:, -1]
         else:
-            if cache is None or cache.length >= block:
-                # (Re)fill the cache; past the context, keep the most recent half and continue from there.
-                cache = KVCache(model.cfg, 1, device, next(model.parameters()).dtype)
-                context = ids[-(block // 2):] if len(ids) >= block else ids
-                logits = model(torch.tensor([context], device=device), cache)[:, -1]
-            else:
-                logits = model(torch.tensor([ids[-1:]], device=device), cache)[:, -1]
-        nxt = int(sample_next(logits, temperature, top_k, top_p, g)[0, 0])
-        ids.append(nxt)
+            logits = model(seq[:, n - 1:n], cache)[:, -1]
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)[:, 0]  # (B,)
+        seq[:, n] = nxt
+        n += 1
         yield nxt
+
+
+def generate(model: GPT, prompts: list[list[int]], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int | None = None, eos_id: int | None = None,
+             check_every: int = 16) -> list[list[int]]:
+    """Batched generation: each row's new tokens, ending before its first `eos_id`. Rows stop independently;
+    the batch stops once every row has (checked every `check_every` tokens: the only wait for the device)."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    out = torch.zeros(len(prompts), max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    produced = 0
+    for i, nxt in enumerate(decode_steps(model, prompts, max_new_tokens, temperature, top_k, top_p, g)):
+        out[:, i] = nxt
+        produced = i + 1
+        if eos_id is not None:
+            done |= nxt == eos_id
+            if produced % check_every == 0 and bool(done.all()):
+                break
+    rows = out[:, :produced].tolist()
+    return [r[:r.index(eos_id)] if eos_id is not None and eos_id in r else r for r in rows]
+
+
+def generate_ids(model: GPT, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, use_cache: bool = True) -> Iterator[int]:
+    """One sequence, streamed: yield new token ids one at a time (each one waits for the device)."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    for nxt in decode_steps(model, [list(prompt)], max_new_tokens, temperature, top_k, top_p, g, use_cache):
+        yield int(nxt[0])
 
 
 def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
@@ -65,7 +110,7 @@ def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int = 200,
                   truncate: bool = False) -> Iterator[str]:
     """Yield decoded text as it is generated; stops at the end-of-text token or a stop string."""
     ids = tokenizer.encode(prompt)
-    block = model.cfg.block_size
+    block = model.block_size
     if len(ids) >= block:
         if not truncate:
             raise UserError(f"the prompt is {len(ids)} tokens; the model's context is {block}",

@@ -7,7 +7,6 @@ optimizer and LR schedule, validation, early stopping, checkpoints, exact resume
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import time
@@ -23,6 +22,7 @@ from trainlab.config import Config
 from trainlab.distributed import Dist
 from trainlab.errors import UserError
 from trainlab.optim import build_optimizer, lr_factor, set_lr
+from trainlab.policy import Policy, evaluate  # noqa: F401  (evaluate: the datasets' validation, kept importable here)
 from trainlab.runs import MetricLog, Progress, RunWriter
 
 
@@ -79,42 +79,6 @@ def resolve(cfg: Config, steps_per_epoch: int) -> Config:
     return cfg.model_copy(update={"loop": loop})
 
 
-@torch.no_grad()
-def evaluate(forward: nn.Module, batches, device, amp, ctx: Dist | None = None) -> dict[str, float]:
-    """Example-weighted means of the loss and the objective's metrics over `batches`, in eval mode.
-    `forward` maps a batch to (loss, metrics): an objective.LossModule, or the loop's wrapped one. With several
-    processes each takes every world-th batch and the sums are added up; all ranks run the same number of
-    forward passes (a rank out of batches repeats one with weight 0), as sharded models need."""
-    world, rank = (ctx.world, ctx.rank) if ctx else (1, 0)
-    was_training = forward.training
-    forward.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    source = iter(batches)
-    spare = next(source, None)
-    mine = itertools.islice(itertools.chain([spare], source), rank, None, world) if spare is not None else iter(())
-    while True:
-        batch = next(mine, None)
-        more = batch is not None
-        if not (ctx.any(more) if world > 1 else more):
-            break
-        weight = 1 if batch is not None else 0
-        batch = {k: v.to(device, non_blocking=True) for k, v in (batch if batch is not None else spare).items()}
-        b = len(next(iter(batch.values())))
-        with amp:
-            loss, metrics = forward(batch)
-        for k, v in {"loss": loss, **metrics}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * b * weight
-        n += b * weight
-    forward.train(was_training)
-    if hasattr(forward, "reshard"):  # FSDP keeps the root's weights gathered after a forward without backward
-        forward.reshard()
-    if world > 1 and sums:
-        totals = ctx.sum([*sums.values(), n])
-        sums, n = dict(zip(sums, totals[:-1])), totals[-1]
-    return {k: v / max(n, 1) for k, v in sums.items()}
-
-
 def _improved(value: float, best: dict | None, mode: str) -> bool:
     if best is None:
         return True
@@ -130,18 +94,26 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     seed_everything(cfg.run.seed)
     device = ctx.device
     amp = autocast_for(device, cfg.loop.precision)
+    cfg = models.resolve_init(cfg)  # model.init_from: the architecture (and tokenizer) of the finished run
     data = ctx.local_first(lambda: data_lib.build(cfg.data))  # one process per machine packs a corpus cache
-    batches = data.train_batches(cfg.run.seed)
-    cfg = resolve(cfg, max(1, batches.batches_per_epoch // cfg.loop.grad_accum))
+    cfg = resolve(cfg, max(1, data.batches_per_epoch // cfg.loop.grad_accum))
     L = cfg.loop
-    plan = ctx.plan(batches.batch_size, L.grad_accum)
+    plan = ctx.plan(data.batch_size, L.grad_accum)
 
-    model = models.build(cfg.model, data.info).to(device)
+    model = models.build(cfg.model, data.info)
+    if getattr(cfg.model, "init_from", "") and not resume:
+        fresh = models.load_initial_weights(model, cfg.model.init_from, cfg.model.init_skip)
+        ctx.print(f"initialized from {cfg.model.init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
+    freeze(model, cfg.optim.freeze)
+    model = model.to(device)
     ctx.seed(cfg.run.seed)
     objective = objectives.build(cfg.objective, data.info, cfg.model.kind)
     # `forward` runs the model and the loss (compiled, DDP- or FSDP-wrapped as asked); `model` is what gets saved.
     forward = ctx.wrap(model, objective, L.compile)
     optimizer = build_optimizer(cfg.optim, model)
+    # The source is created after the model: online sources (rollouts, generations) run it through `policy`.
+    policy = Policy(model, forward, device, amp, ctx)
+    stream = data.stream(cfg.run.seed, policy, plan)
     ckpt_root = run_dir / "checkpoints"
     writer = ctx.main_only(RunWriter, run_dir)
 
@@ -149,11 +121,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     if resume:
         saved = config.load_resolved(run_dir / "config.toml")
         if saved != cfg:
-            diff = [k for k in config.all_keys() if _get(saved, k) != _get(cfg, k)]
-            raise UserError(f"--resume with a recipe that differs from the run's config.toml in {', '.join(diff)}",
-                            f"resume with the same recipe and overrides, or start a new run")
+            raise UserError(f"--resume with a recipe that differs from the run's config.toml in "
+                            f"{', '.join(config.diff(saved, cfg))}",
+                            "resume with the same recipe and overrides, or start a new run")
         state = ctx.load_checkpoint(ckpt_root / "last", model, optimizer)
-        batches.load_state_dict(state["batches"])
+        stream.load_state_dict(state["batches"])
         step, last_ckpt = state["step"], state["step"]
         if (rng := ctx.pick_rng(state, cfg.run.seed, step)) is not None:
             set_rng_state(rng)
@@ -163,24 +135,28 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     log = ctx.main_only(MetricLog, run_dir, resume_step=step if resume else None)
 
     n_params = models.num_parameters(model)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     sizes = data.info["split_sizes"]
-    ctx.print(f"trainlab: {cfg.run.name} | {n_params:,} parameters | train/val/test {sizes['train']:,}/{sizes['val']:,}/"
-              f"{sizes['test']:,} | {L.steps} steps x {plan.global_batch} examples | "
-              f"{device.type} {'bf16' if not isinstance(amp, nullcontext) else 'fp32'} | {run_dir}"
-              + (f" | resuming at step {step}" if resume else ""))
+    ctx.print(f"trainlab: {cfg.run.name} | {n_params:,} parameters"
+              + (f" ({trained:,} trained)" if trained != n_params else "")
+              + f" | train/val/test {sizes['train']:,}/{sizes['val']:,}/{sizes['test']:,} | {L.steps} steps x "
+              f"{plan.global_batch} examples | {device.type} {'bf16' if not isinstance(amp, nullcontext) else 'fp32'}"
+              f" | {run_dir}" + (f" | resuming at step {step}" if resume else ""))
     if ctx.world > 1 or plan.accum > 1:
         ctx.print(ctx.describe(plan, "sequences" if data.unit == "tok" else "examples"))
     summary = {"status": "running", "recipe": cfg.run.name, "steps": step, "wall_s": wall_before,
                "parameters": n_params, "device": device.type, "metrics": {}, "best": None}
+    if getattr(cfg.model, "init_from", ""):
+        summary["init_from"] = cfg.model.init_from
     if ctx.world > 1:
         summary.update(processes=ctx.world, parallel=L.parallel)
     writer.summary(summary)
 
     def loop_state() -> dict:
-        return {"step": step, "batches": batches.state_dict(), **ctx.rng_states(rng_state()), "best": best,
+        return {"step": step, "batches": stream.state_dict(), **ctx.rng_states(rng_state()), "best": best,
                 "evals_since_best": evals_since_best, "wall_s": wall_before + time.time() - t_start, "version": 1}
 
-    val = evaluate(forward, data.eval_batches("val", L.eval_batches), device, amp, ctx) if step == 0 else {}
+    val = data.validate(policy, L.eval_batches) if step == 0 else {}
     if val:
         log.log(0, "val", val)
         _check_monitor(L.monitor, val)
@@ -189,60 +165,91 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     peak = L.peak_flops or (known_peak_flops(device) if not isinstance(amp, nullcontext) else 0.0)
     flops_per_unit = model.flops_per_token() if data.unit == "tok" and hasattr(model, "flops_per_token") else 0.0
     params = [p for group in optimizer.param_groups for p in group["params"]]  # FSDP: the sharded ones
+    before_step = getattr(objective, "before_step", None)  # the objective's optional hook (trainlab.objectives)
     t_start = t_window = time.time()
-    window: dict[str, float] = {}
-    window_steps, window_examples, status = 0, 0, "completed"
+    # Rows still on the device: (step, keys, values, values computed on the host)
+    pending: list[tuple[int, list[str], torch.Tensor, dict]] = []
+    window: list[dict[str, float]] = []
+    window_examples, status = 0, "completed"
+
+    def flush() -> list[dict[str, float]]:
+        """Write the rows kept on the device since the last flush: one transfer for all of them."""
+        if not pending:
+            return []
+        values = torch.cat([v for _, _, v, _ in pending]).tolist()
+        rows, i = [], 0
+        for at, keys, v, host in pending:
+            row = {**dict(zip(keys, values[i:i + len(keys)])), **host}
+            i += len(keys)
+            log.log(at, "train", row)
+            rows.append(row)
+        pending.clear()
+        return rows
+
     model.train()
     while step < L.steps:
         set_lr(optimizer, lr := cfg.optim.lr * lr_factor(step, L.steps, cfg.schedule))
-        if hasattr(objective, "step"):
-            objective.step = step  # objectives with their own schedules (a VAE's KL warm-up) read it
-        step_metrics: dict[str, float] = {}
-        micro_batches = batches.next_step(plan.batches, plan.lo, plan.hi, plan.accum)
-        for i, batch in enumerate(micro_batches):
+        if before_step is not None:
+            before_step(step)
+        sums: dict[str, torch.Tensor] = {}
+        for i, batch in enumerate(stream.next_step()):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             # Gradients are summed over micro-batches; processes average them once, after the last one.
             with ctx.accumulate(forward, sync=i == plan.accum - 1):
                 with amp:
                     loss, metrics = forward(batch)  # 1. forward pass, 2. loss
                 (loss / plan.accum).backward()  # 3. backward pass
-            for k, v in {"loss": loss.detach(), **metrics}.items():
-                step_metrics[k] = step_metrics.get(k, 0.0) + float(v) / plan.accum
+            for k, v in {"loss": loss, **metrics}.items():  # kept on the device: no wait here
+                sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().float() / plan.accum
             window_examples += data.count(batch) * ctx.world
-        step_metrics = ctx.mean(step_metrics)  # every rank sees the same numbers, so all stop together on NaN
+        keys = list(sums)
+        means = ctx.mean_tensor(torch.stack([sums[k] for k in keys]))  # every rank sees the same numbers
         # Clip by the global norm (max_norm=inf only measures it); the norm is logged every step.
         grad_norm = ctx.grad_norm(params, L.clip_grad_norm or math.inf)
-        for what, value in (("loss", step_metrics["loss"]), ("gradient norm", grad_norm)):
-            if not math.isfinite(value):  # stop before the update: the weights and checkpoints stay finite
-                _diverged(what, value, step + 1, last_ckpt, writer, summary, log, progress)
+        # The one wait for the device per step: a non-finite loss or norm must stop the run before the update.
+        if not bool(torch.isfinite(means[0] + grad_norm)):
+            for what, value in (("loss", float(means[0])), ("gradient norm", float(grad_norm))):
+                if not math.isfinite(value):  # the weights and checkpoints stay finite
+                    _diverged(what, value, step + 1, last_ckpt, writer, summary, log, progress)
         optimizer.step()  # 4. parameter update
         optimizer.zero_grad(set_to_none=True)
         step += 1
 
-        row = {**step_metrics, "grad_norm": grad_norm, "lr": lr}
-        for k, v in row.items():
-            window[k] = window.get(k, 0.0) + v
-        window_steps += 1
+        row = torch.cat([means, grad_norm.detach().reshape(1).to(means), torch.tensor([lr], device=means.device,
+                                                                                       dtype=means.dtype)])
+        keys = keys + ["grad_norm", "lr"]
+        extra = stream.on_step(step, dict(zip(keys, row)))  # online sources: refresh rollouts, sync a target...
+        if extra:
+            names = sorted(extra)  # the same keys on every rank, reduced in the same order
+            vals = ctx.mean_tensor(torch.stack([torch.as_tensor(extra[k], dtype=means.dtype).to(means.device)
+                                                for k in names]))
+            row, keys = torch.cat([row, vals]), keys + names
+        pending.append((step, keys, row, {}))
+
+        is_eval = step % L.eval_every == 0 or step == L.steps
         if step % L.log_every == 0 or step == L.steps:
             now = time.time()
-            shown = {k: v / window_steps for k, v in window.items()}
-            shown.update(throughput=window_examples / max(now - t_window, 1e-9), epoch=batches.epoch)
+            # The row of a logging step also carries the window's throughput (and MFU).
+            shown = {"throughput": window_examples / max(now - t_window, 1e-9), "epoch": stream.epoch}
             if peak and flops_per_unit:  # model FLOPs utilization: achieved training FLOP/s over the peak
                 shown["mfu"] = shown["throughput"] * flops_per_unit / (peak * ctx.world)
-            row.update({k: shown[k] for k in ("throughput", "epoch", "mfu") if k in shown})
-            summary["metrics"]["train"] = {k: v for k, v in shown.items() if k not in ("lr",)}
-            progress.update(step, {k: shown[k] for k in shown if k not in ("epoch", "grad_norm")})
-            window, window_steps, window_examples, t_window = {}, 0, 0, now
-        log.log(step, "train", row)
+            pending[-1][3].update(shown)
+            window += flush()
+            averages = {k: sum(r[k] for r in window) / len(window) for k in window[-1] if k not in shown}
+            summary["metrics"]["train"] = {k: v for k, v in {**averages, **shown}.items() if k != "lr"}
+            progress.update(step, {k: v for k, v in {**averages, **shown}.items() if k not in ("epoch", "grad_norm")})
+            window, window_examples, t_window = [], 0, now
+        elif is_eval or step % L.checkpoint_every == 0:
+            window += flush()  # rows up to a checkpoint are on disk before it
 
         # Once in a while: validate, keep the best, maybe stop early, checkpoint.
-        is_eval = step % L.eval_every == 0 or step == L.steps
         is_best = stop = False
         if is_eval:
-            val = evaluate(forward, data.eval_batches("val", L.eval_batches), device, amp, ctx)
+            val = data.validate(policy, L.eval_batches)
             log.log(step, "val", val)
-            if not math.isfinite(val["loss"]):
-                _diverged("validation loss", val["loss"], step, last_ckpt, writer, summary, log, progress)
+            watched = "loss" if "loss" in val else L.monitor
+            if watched in val and not math.isfinite(val[watched]):
+                _diverged(f"validation {watched}", val[watched], step, last_ckpt, writer, summary, log, progress)
             _check_monitor(L.monitor, val)
             if _improved(val[L.monitor], best, L.monitor_mode):
                 best, evals_since_best, is_best = {"step": step, "metric": L.monitor, "value": val[L.monitor],
@@ -255,18 +262,20 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
         links = (("last",) if step % L.checkpoint_every == 0 or step == L.steps or stop else ()) \
             + (("best",) if is_best else ())
         if links:
+            window += flush()
             ctx.save_checkpoint(ckpt_root, step, model, optimizer, loop_state(), links)
             last_ckpt = step if "last" in links else last_ckpt
         if stop:
             status = "early_stopped"
             break
+    flush()
     progress.close()
 
     if L.restore_best and best is not None and best["step"] != step:
         ctx.load_checkpoint(ckpt_root / "best", model)  # the weights worth keeping, not the last ones
         val = best["metrics"]
     if not val:  # a resumed run that had nothing left to do
-        val = evaluate(forward, data.eval_batches("val", L.eval_batches), device, amp, ctx)
+        val = data.validate(policy, L.eval_batches)
     writer.model(ctx.full_model(model, lambda: models.build(cfg.model, data.info)), cfg, data, step)
     log.close()
     summary.update(status=status, steps=step, wall_s=round(wall_before + time.time() - t_start, 3))
@@ -277,6 +286,21 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
               + "  ".join(f"{k} {v:.4g}" for k, v in val.items()) + f" | {run_dir}")
     ctx.barrier()  # rank 0 has written model/ and summary.json when every process returns
     return summary
+
+
+def freeze(model: nn.Module, prefixes: list[str]) -> None:
+    """optim.freeze: parameters whose names start with one of `prefixes` are not trained."""
+    names = [n for n, _ in model.named_parameters()]
+    unused = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unused:
+        raise UserError(f"optim.freeze names {unused}, which match no parameter of this model",
+                        f"use prefixes of parameter names; its top-level modules are {sorted({n.split('.')[0] for n in names})}")
+    for n, p in model.named_parameters():
+        if any(n.startswith(pre) for pre in prefixes):
+            p.requires_grad_(False)
+    if prefixes and not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"optim.freeze = {prefixes} freezes every parameter: nothing would train",
+                        "freeze fewer prefixes")
 
 
 def _diverged(what: str, value: float, step: int, last_ckpt: int | None, writer: RunWriter, summary: dict,
@@ -293,7 +317,7 @@ def _diverged(what: str, value: float, step: int, last_ckpt: int | None, writer:
 
 def _check_monitor(monitor: str, val: dict) -> None:
     if monitor not in val:
-        raise UserError(f"loop.monitor = '{monitor}' is not a validation metric of this objective; it reports "
+        raise UserError(f"loop.monitor = '{monitor}' is not a validation metric of this run; validation reports "
                         f"{sorted(val)}", f"set loop.monitor to one of {sorted(val)}")
 
 

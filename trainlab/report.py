@@ -55,10 +55,10 @@ def write_report(run_dir: str | Path, compare: list[str] | tuple[str, ...] = ())
         md += _curves(run_dir, runs)
     cfg_path = run_dir / "config.toml"
     if cfg_path.is_file():
-        from trainlab import config
+        from trainlab import config, registry
 
         cfg = config.load_resolved(cfg_path)
-        if cfg.model.kind in config.UNSUPERVISED_KINDS:
+        if registry.unsupervised(cfg.model.kind):
             md += _unsupervised(run_dir, cfg, rows)
     for split in ("val", "test"):
         p = run_dir / f"eval_{split}.json"

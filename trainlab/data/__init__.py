@@ -1,11 +1,19 @@
-"""Data for supervised learning: load a source, split it once (seeded), standardize with training statistics.
+"""Data sources. `build(cfg.data)` picks the registered source of `data.source` (each declares its table and
+builder in its own file: bundled, tabular, images, text) and returns an object with the source contract:
 
-    data = trainlab.data.build(cfg.data)
-    data.info                      # what a model needs to know: input_shape, task, num_classes, ...
-    batches = data.train_batches(seed)   # endless stream of {"x": (B, ...), "y": (B,)} with exact resume state
-    for batch in data.eval_batches("val"): ...
+    data.info                           what a model needs to know: task, input_shape, num_classes, vocab_size ...
+    data.unit, data.count(batch)        what throughput counts ("ex" or "tok") and how many a batch holds
+    data.batch_size, data.batches_per_epoch     the global batch (examples) and batches in one pass
+    data.stream(seed, policy, plan)     the training stream, created after the model (trainlab.policy.Policy):
+        stream.next_step()              this process's micro-batches of the next optimizer step (plan: its share)
+        stream.on_step(step, metrics)   after each optimizer step; returns metrics of its own (fixed keys) or {}
+        stream.state_dict(), load_state_dict(), epoch        exact resume
+    data.validate(policy, limit)        validation metrics on the current model (loop.monitor names one of them)
+    data.eval_batches(split, limit)     plain passes over a held-out split (`trainlab eval`)
+    data.export(model_dir)              files the model needs beside its weights (a tokenizer)
 
-The test split exists from the start but only `trainlab eval --split test` reads it.
+Arrays (tables and images) share `from_arrays`: split once (seeded, stratified), standardize with training-split
+statistics. The test split exists from the start but only `trainlab eval --split test` reads it.
 """
 
 from __future__ import annotations
@@ -16,10 +24,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from trainlab.config import DataConfig
-from trainlab.data.batches import BatchStream, eval_batches
+from trainlab import registry
+from trainlab.config import ArrayTable, DataTable
+from trainlab.data.batches import BatchStream, DatasetStream, eval_batches
 from trainlab.data.split import split_indices
 from trainlab.errors import UserError
+
 
 @dataclass
 class Split:
@@ -34,9 +44,23 @@ class Split:
 class Data:
     splits: dict[str, Split]
     info: dict  # json-serializable: saved beside the model so that it can be rebuilt and fed
-    cfg: DataConfig = field(repr=False)
+    cfg: ArrayTable = field(repr=False)
 
     unit = "ex"  # what throughput counts
+
+    @property
+    def batch_size(self) -> int:
+        return min(self.cfg.batch_size, len(self.splits["train"]))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.splits["train"]) // self.batch_size  # the ragged last batch is dropped
+
+    def stream(self, seed: int, policy, plan) -> DatasetStream:
+        return DatasetStream(self.train_batches(seed), plan)
+
+    def validate(self, policy, limit: int = 0) -> dict[str, float]:
+        return validate_dataset(self, policy, limit)
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return len(batch["x"])
@@ -46,7 +70,7 @@ class Data:
 
     def train_batches(self, seed: int) -> BatchStream:
         augment = None
-        if self.cfg.augment and len(self.info["input_shape"]) == 3:
+        if getattr(self.cfg, "augment", False) and len(self.info["input_shape"]) == 3:
             from trainlab.data.images import RandomAffine
 
             augment = RandomAffine(self.cfg.augment_shift, self.cfg.augment_degrees)
@@ -56,35 +80,21 @@ class Data:
         return eval_batches(self.splits[split], self.cfg.eval_batch_size, limit)
 
 
-def load_source(cfg: DataConfig) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Raw arrays (x, y) and what is known about them (task, class names, ...), before splitting."""
-    if cfg.source in ("digits", "breast_cancer", "diabetes"):
-        from trainlab.data.bundled import load_bundled
+def validate_dataset(data, policy, limit: int = 0) -> dict[str, float]:
+    """The default validation of a fixed dataset: example-weighted means of the loss and the objective's metrics
+    over the validation split, through the training wrapper (processes share the batches)."""
+    from trainlab.policy import evaluate
 
-        return load_bundled(cfg.source)
-    if not cfg.path:
-        raise UserError(f"data.source = '{cfg.source}' needs data.path", f"add data.path=/path/to/your/{cfg.source}")
-    if cfg.source == "csv":
-        from trainlab.data.tabular import load_csv
-
-        return load_csv(cfg.path, cfg.target, cfg.task)
-    from trainlab.data import images
-
-    if cfg.source == "image_folder":
-        return images.load_image_folder(cfg.path, cfg.image_size, cfg.grayscale)
-    return images.load_idx(cfg.path, cfg.labels_path)
+    return evaluate(policy.forward, data.eval_batches("val", limit), policy.device, policy.amp, policy.ctx)
 
 
-TEXT_SOURCES = ("stdlib", "text", "jsonl", "hf_disk")
+def build(cfg: DataTable):
+    """The data of the registered source `cfg.source`."""
+    return registry.get("source", cfg.source).build(cfg)
 
 
-def build(cfg: DataConfig):
-    """A `Data` (arrays: tables and images) or a `TextData` (packed tokens), by data.source."""
-    if cfg.source in TEXT_SOURCES:
-        from trainlab.data.text import TextData
-
-        return TextData(cfg)
-    x, y, meta = load_source(cfg)
+def from_arrays(cfg: ArrayTable, x: np.ndarray, y: np.ndarray, meta: dict) -> Data:
+    """Raw arrays (x, y) and what is known about them (task, class names, ...) -> split, standardized Data."""
     task = meta["task"] if cfg.task == "auto" else cfg.task
     if len(x) == 0:
         raise UserError(f"the dataset from data.source = '{cfg.source}' is empty", "point data.path at a file with rows")

@@ -87,6 +87,31 @@ class BatchStream(GlobalBatches):
         self.epoch, self.batch, self._order = int(state["epoch"]), int(state["batch"]), None
 
 
+class DatasetStream:
+    """The loop's stream over a fixed dataset: this process's share of each step's global batches (`plan`, from
+    trainlab.distributed); the current model is not needed, and nothing happens after a step."""
+
+    def __init__(self, batches: GlobalBatches, plan):
+        self.batches, self.plan = batches, plan
+
+    def next_step(self) -> list[dict[str, torch.Tensor]]:
+        p = self.plan
+        return self.batches.next_step(p.batches, p.lo, p.hi, p.accum)
+
+    def on_step(self, step: int, metrics: dict) -> dict[str, float]:
+        return {}
+
+    @property
+    def epoch(self) -> int:
+        return self.batches.epoch
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches.load_state_dict(state)
+
+
 def eval_batches(split, batch_size: int, limit: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """The split in order, in batches of batch_size; at most `limit` batches when limit > 0."""
     for k, start in enumerate(range(0, len(split), batch_size)):

@@ -2,8 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from sklearn import datasets
+
+from trainlab import registry
+from trainlab.config import ArrayTable, ImageTable
+
+
+class DigitsData(ImageTable):
+    source: Literal["digits"] = "digits"
+
+
+class BundledTable(ArrayTable):
+    source: Literal["breast_cancer", "diabetes"]
+
+
+@registry.source("digits", DigitsData, provides={"features", "images", "labels"})
+def build_digits(cfg: DigitsData):
+    """scikit-learn's 1,797 handwritten digits, 8x8 pixels, 10 classes."""
+    from trainlab.data import from_arrays
+
+    return from_arrays(cfg, *load_bundled("digits"))
+
+
+@registry.source("breast_cancer", BundledTable, provides={"features", "labels"})
+def build_breast_cancer(cfg: BundledTable):
+    """scikit-learn's Wisconsin breast-cancer table: 569 tumours, 30 measurements, malignant or benign."""
+    from trainlab.data import from_arrays
+
+    return from_arrays(cfg, *load_bundled("breast_cancer"))
+
+
+@registry.source("diabetes", BundledTable, provides={"features", "labels"})
+def build_diabetes(cfg: BundledTable):
+    """scikit-learn's diabetes table: 442 patients, 10 variables, disease progression (regression)."""
+    from trainlab.data import from_arrays
+
+    return from_arrays(cfg, *load_bundled("diabetes"))
 
 
 def load_bundled(name: str) -> tuple[np.ndarray, np.ndarray, dict]:

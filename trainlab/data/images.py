@@ -6,11 +6,49 @@ import gzip
 import math
 from pathlib import Path
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import PositiveInt
 
+from trainlab import registry
+from trainlab.config import ImageTable
 from trainlab.errors import UserError
+
+
+class ImageFolderData(ImageTable):
+    source: Literal["image_folder"] = "image_folder"
+    path: str = ""  # the root: one sub-folder per class
+    image_size: PositiveInt = 28  # images are resized to image_size x image_size
+    grayscale: bool = True  # one channel instead of three
+
+
+class IDXData(ImageTable):
+    source: Literal["idx"] = "idx"
+    path: str = ""  # the images file (MNIST's IDX format, plain or gzipped)
+    labels_path: str = ""  # the labels file
+
+
+@registry.source("image_folder", ImageFolderData, provides={"features", "images", "labels"})
+def build_image_folder(cfg: ImageFolderData):
+    """Your images, one sub-folder per class, resized to data.image_size."""
+    from trainlab.data import from_arrays
+
+    if not cfg.path:
+        raise UserError("data.source = 'image_folder' needs data.path", "add data.path=/path/to/your/images")
+    return from_arrays(cfg, *load_image_folder(cfg.path, cfg.image_size, cfg.grayscale))
+
+
+@registry.source("idx", IDXData, provides={"features", "images", "labels"})
+def build_idx(cfg: IDXData):
+    """MNIST-format IDX files (images and labels), plain or gzipped."""
+    from trainlab.data import from_arrays
+
+    if not cfg.path:
+        raise UserError("data.source = 'idx' needs data.path", "add data.path=/path/to/train-images-idx3-ubyte.gz")
+    return from_arrays(cfg, *load_idx(cfg.path, cfg.labels_path))
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

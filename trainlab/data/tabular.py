@@ -5,9 +5,29 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from typing import Literal
+
 import numpy as np
 
+from trainlab import registry
+from trainlab.config import ArrayTable
 from trainlab.errors import UserError
+
+
+class CSVData(ArrayTable):
+    source: Literal["csv"] = "csv"
+    path: str = ""  # the CSV file (a header row)
+    target: str = ""  # the target column (default: the last column; none with task = "unlabeled")
+
+
+@registry.source("csv", CSVData, provides={"features", "labels?"})
+def build(cfg: CSVData):
+    """Your CSV file: numeric feature columns and a target column (classes or numbers), or no target."""
+    from trainlab.data import from_arrays
+
+    if not cfg.path:
+        raise UserError("data.source = 'csv' needs data.path", "add data.path=/path/to/your/file.csv")
+    return from_arrays(cfg, *load_csv(cfg.path, cfg.target, cfg.task))
 
 
 def load_csv(path: str, target: str, task: str) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -24,10 +24,76 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from trainlab.config import DataConfig
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from trainlab import registry
+from trainlab.config import DataTable
 from trainlab.data import tokenizer as tok_lib
-from trainlab.data.batches import GlobalBatches
+from trainlab.data.batches import DatasetStream, GlobalBatches
 from trainlab.errors import UserError
+
+
+class TextTable(DataTable):
+    """Text for language models: tokenized once into packed files, trained on random windows."""
+
+    tokenizer: Literal["bpe", "char"] = "bpe"  # byte-level BPE trained on the training split, or characters
+    vocab_size: int = Field(4096, ge=2)  # bpe
+    tokenizer_path: str = ""  # a tokenizer.json to use instead of training one (set by model.init_from)
+    block_size: PositiveInt = 256  # tokens of context per training window
+    # Hold out whole documents (by a stable hash of their names), or cut the concatenated text: the last
+    # val_fraction + test_fraction of it ("tail": one-file corpora).
+    split: Literal["documents", "tail"] = "documents"
+    max_bytes: int = Field(0, ge=0)  # use documents (in a stable hash order) up to this many bytes (0 = all)
+    cache_dir: str = ""  # packed token files are cached here (default: ~/.cache/trainlab)
+
+
+class StdlibText(TextTable):
+    source: Literal["stdlib"] = "stdlib"
+    on_decode_error: Literal["skip", "error"] = "skip"  # a file that is not UTF-8: leave it out (counted) or stop
+
+
+class TextFiles(TextTable):
+    source: Literal["text"] = "text"
+    path: str = ""  # a file, a folder or a glob
+    on_decode_error: Literal["skip", "error"] = "skip"  # a file that is not UTF-8: leave it out (counted) or stop
+
+
+class JSONLText(TextTable):
+    source: Literal["jsonl"] = "jsonl"
+    path: str = ""  # a file or a glob
+    text_field: str = "text"  # the field holding the text
+
+
+class HFDiskText(TextTable):
+    source: Literal["hf_disk"] = "hf_disk"
+    path: str = ""  # the folder of Dataset.save_to_disk
+    text_field: str = "text"  # the column holding the text
+
+
+@registry.source("stdlib", StdlibText, provides={"tokens"})
+def build_stdlib(cfg: StdlibText):
+    """The running Python's standard library source (~12 MB of text on every machine)."""
+    return TextData(cfg)
+
+
+@registry.source("text", TextFiles, provides={"tokens"})
+def build_text(cfg: TextFiles):
+    """Your text files: a file, a folder or a glob; one document per file."""
+    return TextData(cfg)
+
+
+@registry.source("jsonl", JSONLText, provides={"tokens"})
+def build_jsonl(cfg: JSONLText):
+    """JSONL: one document per line, its text in data.text_field."""
+    return TextData(cfg)
+
+
+@registry.source("hf_disk", HFDiskText, provides={"tokens"})
+def build_hf_disk(cfg: HFDiskText):
+    """A Hugging Face dataset saved with save_to_disk (needs `datasets`); its text column."""
+    return TextData(cfg)
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -57,28 +123,28 @@ def user_files(path: str) -> list[Path]:
     return files
 
 
-def documents(cfg: DataConfig) -> tuple[list[tuple[str, str]], int]:
+def documents(cfg: TextTable) -> tuple[list[tuple[str, str]], int]:
     """(name, text) pairs and the number of files skipped for not being UTF-8."""
     if cfg.source == "jsonl":
         return _jsonl_documents(cfg), 0
     if cfg.source == "hf_disk":
         return _hf_documents(cfg), 0
-    files = stdlib_files() if cfg.source == "stdlib" else user_files(cfg.path)
+    files = stdlib_files() if cfg.source == "stdlib" else user_files(_path(cfg))
     docs, skipped = [], 0
     for f in files:
         try:
             docs.append((str(f), f.read_text(encoding="utf-8")))
         except UnicodeDecodeError as e:
-            if cfg.on_decode_error == "error":
+            if getattr(cfg, "on_decode_error", "skip") == "error":
                 raise UserError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})",
                                 "set data.on_decode_error=skip to leave such files out") from None
             skipped += 1
     return docs, skipped
 
 
-def _jsonl_documents(cfg: DataConfig) -> list[tuple[str, str]]:
+def _jsonl_documents(cfg: TextTable) -> list[tuple[str, str]]:
     docs = []
-    for f in user_files(cfg.path):
+    for f in user_files(_path(cfg)):
         for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
@@ -92,13 +158,13 @@ def _jsonl_documents(cfg: DataConfig) -> list[tuple[str, str]]:
     return docs
 
 
-def _hf_documents(cfg: DataConfig) -> list[tuple[str, str]]:
+def _hf_documents(cfg: TextTable) -> list[tuple[str, str]]:
     try:
         from datasets import load_from_disk
     except ImportError:
         raise UserError("data.source = 'hf_disk' needs the `datasets` package", "pip install datasets") from None
     try:
-        ds = load_from_disk(cfg.path)
+        ds = load_from_disk(_path(cfg))
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"cannot load a dataset saved on disk at {cfg.path}: {e}",
                         "give a folder written by Dataset.save_to_disk") from None
@@ -110,6 +176,12 @@ def _hf_documents(cfg: DataConfig) -> list[tuple[str, str]]:
                             "set data.text_field")
         rows += [(f"{key}:{i}", t) for i, t in enumerate(part[cfg.text_field])]
     return rows
+
+
+def _path(cfg: TextTable) -> str:
+    if not cfg.path:
+        raise UserError(f"data.source = '{cfg.source}' needs data.path", f"add data.path=/path/to/your/{cfg.source}")
+    return cfg.path
 
 
 def _bucket(name: str) -> float:
@@ -133,25 +205,27 @@ def split_documents(docs: list[tuple[str, str]], val: float, test: float) -> dic
 # ------------------------------------------------------------------------------------------------ packing
 
 
-def cache_root(cfg: DataConfig) -> Path:
+def cache_root(cfg: TextTable) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "trainlab"
 
 
-def _corpus_key(cfg: DataConfig) -> str:
+def _corpus_key(cfg: TextTable) -> str:
     if cfg.source == "stdlib":
         files = stdlib_files()
     elif cfg.source == "hf_disk":
-        files = [f for f in sorted(Path(cfg.path).rglob("*")) if f.is_file()]
+        files = [f for f in sorted(Path(_path(cfg)).rglob("*")) if f.is_file()]
     else:
-        files = user_files(cfg.path)
+        files = user_files(_path(cfg))
     ident = [sys.version] + [f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
-    settings = {k: getattr(cfg, k) for k in ("source", "text_field", "tokenizer", "vocab_size", "val_fraction",
-                                             "test_fraction", "max_bytes", "on_decode_error", "split")}
+    settings = {k: getattr(cfg, k, None) for k in ("source", "text_field", "tokenizer", "vocab_size", "val_fraction",
+                                                   "test_fraction", "max_bytes", "on_decode_error", "split")}
+    if cfg.tokenizer_path:  # a given tokenizer: its content, not its settings, decides the tokens
+        settings["tokenizer_file"] = hashlib.sha256(_read_bytes(cfg.tokenizer_path)).hexdigest()
     blob = json.dumps([FORMAT_VERSION, settings, ident])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def pack(cfg: DataConfig) -> Path:
+def pack(cfg: TextTable) -> Path:
     """The cache folder with tokenizer.json, {train,val,test}.bin and meta.json; built once per key."""
     root = cache_root(cfg)
     folder = root / f"{cfg.source}-{cfg.tokenizer}-{_corpus_key(cfg)}"
@@ -182,8 +256,11 @@ def pack(cfg: DataConfig) -> Path:
           + (f", {skipped} non-UTF-8 files skipped" if skipped else "") + f") into {folder}", flush=True)
     # BPE learns its merges from the training split only; a character vocabulary is the alphabet of the whole
     # corpus (as in nanoGPT), or a character first seen in validation could not be encoded at all.
-    source_texts = splits["train"] if cfg.tokenizer == "bpe" else [t for s in SPLITS for t in splits[s]]
-    tokenizer = tok_lib.train_tokenizer(cfg.tokenizer, iter(source_texts), cfg.vocab_size)
+    if cfg.tokenizer_path:
+        tokenizer = tok_lib.load(Path(cfg.tokenizer_path))
+    else:
+        source_texts = splits["train"] if cfg.tokenizer == "bpe" else [t for s in SPLITS for t in splits[s]]
+        tokenizer = tok_lib.train_tokenizer(cfg.tokenizer, iter(source_texts), cfg.vocab_size)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32  # ids up to 65,535 fit in 16 bits
     tmp = root / f".tmp-{folder.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -201,6 +278,14 @@ def pack(cfg: DataConfig) -> Path:
     except OSError:  # another process packed the same corpus first
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read data.tokenizer_path {path}: {e.strerror}",
+                        "give the tokenizer.json of a trained run (its model/ folder)") from None
 
 
 def _write_tokens(tokenizer, texts: list[str], path: Path, dtype) -> int:
@@ -254,7 +339,7 @@ class WindowStream(GlobalBatches):
 class TextData:
     unit = "tok"
 
-    def __init__(self, cfg: DataConfig):
+    def __init__(self, cfg: TextTable):
         self.cfg = cfg
         self.folder = pack(cfg)
         meta = json.loads((self.folder / "meta.json").read_text())
@@ -274,6 +359,22 @@ class TextData:
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["idx"].numel()
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.batch_size
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, len(self.tokens["train"]) // (self.cfg.batch_size * self.cfg.block_size))  # in expectation
+
+    def stream(self, seed: int, policy, plan) -> DatasetStream:
+        return DatasetStream(self.train_batches(seed), plan)
+
+    def validate(self, policy, limit: int = 0) -> dict[str, float]:
+        from trainlab.data import validate_dataset
+
+        return validate_dataset(self, policy, limit)
 
     def train_batches(self, seed: int) -> WindowStream:
         return WindowStream(self.tokens["train"], self.cfg.batch_size, self.cfg.block_size, seed)

@@ -111,7 +111,8 @@ def save(tokenizer, path: Path) -> None:
     path.write_text(json.dumps(tokenizer.to_json(), ensure_ascii=False))
 
 
-def load(path: Path):
+def load(path: str | Path):
+    path = Path(path)
     if not path.is_file():
         raise UserError(f"no tokenizer at {path}", "give the run folder of a language-model run")
     text = path.read_text(encoding="utf-8")
@@ -121,9 +122,3 @@ def load(path: Path):
     from tokenizers import Tokenizer
 
     return BPETokenizer(Tokenizer.from_str(text))
-
-
-def fingerprint(tokenizer) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(tokenizer.to_json(), sort_keys=True).encode()).hexdigest()[:16]

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainlab import config, data as data_lib, models
-from trainlab.config import UNSUPERVISED_KINDS
+from trainlab import config, data as data_lib, models, registry
 from trainlab.errors import UserError
 from trainlab.eval import metrics as M
 from trainlab.runs import write_json
@@ -70,7 +69,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val") -> dict:
     if split not in data.splits or len(data.splits[split]) == 0:
         raise UserError(f"the run has no '{split}' split (data.test_fraction = {cfg.data.test_fraction})",
                         "evaluate --split val, or train with data.test_fraction > 0")
-    if cfg.model.kind in UNSUPERVISED_KINDS:
+    if registry.unsupervised(cfg.model.kind):
         from trainlab.eval import unsupervised
 
         out = unsupervised.evaluate(model, info, cfg, data, split)

@@ -1,67 +1,50 @@
-"""Models are plain nn.Modules. `build` makes one from a recipe's [model] table and the data's info;
-`load` rebuilds a trained one from a run's model/ folder (model.safetensors + config.json)."""
+"""Models are plain nn.Modules. `build` makes one from a recipe's [model] table and the data's info (each kind
+registers its builder in its own file: trainlab.registry); `load` rebuilds a trained one from a run's model/
+folder (model.safetensors + config.json); `init_from` starts a model from a finished run's weights."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from torch import nn
 
-from trainlab.config import CLASSICAL_KINDS, ModelConfig
+from trainlab import config, registry
 from trainlab.errors import UserError
 
 
-def build(cfg: ModelConfig, info: dict) -> nn.Module:
-    shape = info.get("input_shape", [])
-    if cfg.kind in ("autoencoder", "vae"):
-        from trainlab.models.autoencoder import AutoEncoder
-
-        if cfg.arch == "conv" and len(shape) != 3:
-            raise UserError(f"model.arch = 'conv' needs images (C, H, W); this data has inputs of shape {shape}",
-                            "use model.arch = 'mlp' for tabular data")
-        return AutoEncoder(shape, cfg.latent_dim, cfg.arch, cfg.hidden, cfg.channels, cfg.kind == "vae",
-                           cfg.activation)
-    if cfg.kind == "gpt" or "vocab_size" in info:
-        from trainlab.models.gpt import GPT, GPTConfig
-
-        if "vocab_size" not in info or cfg.kind != "gpt":
-            raise UserError(f"model.kind = '{cfg.kind}' with data of task '{info['task']}': language models need "
-                            "model.kind = 'gpt' and text data", "pair gpt with data.source stdlib, text, jsonl or hf_disk")
-        if cfg.n_embd % cfg.n_head or (cfg.n_embd // cfg.n_head) % 2:
-            raise UserError(f"model.n_embd = {cfg.n_embd} must split into model.n_head = {cfg.n_head} heads of an "
-                            "even width", "pick n_embd divisible by 2 * n_head")
-        if cfg.norm not in ("layer", "rms") or cfg.activation not in ("gelu", "swiglu"):
-            raise UserError(f"a GPT takes model.norm in ('layer', 'rms') and model.activation in ('gelu', 'swiglu'); "
-                            f"got norm = '{cfg.norm}', activation = '{cfg.activation}'", "set them in the recipe")
-        if cfg.moe_experts and cfg.moe_top_k > cfg.moe_experts:
-            raise UserError(f"model.moe_top_k = {cfg.moe_top_k} exceeds model.moe_experts = {cfg.moe_experts}",
-                            "route to at most as many experts as there are")
-        return GPT(GPTConfig(vocab_size=info["vocab_size"], block_size=info["block_size"], n_layer=cfg.n_layer,
-                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, norm=cfg.norm,
-                             pos=cfg.pos, mlp=cfg.activation, mlp_ratio=cfg.mlp_ratio, tie_weights=cfg.tie_weights,
-                             moe_experts=cfg.moe_experts, moe_top_k=cfg.moe_top_k))
-    if cfg.kind in CLASSICAL_KINDS:
+def build(cfg: config.ModelTable, info: dict) -> nn.Module:
+    entry = registry.get("model", cfg.kind)
+    if entry.fitted:
         raise UserError(f"model.kind = '{cfg.kind}' is fitted by scikit-learn, not built as a network",
                         "train it with `trainlab train`, which fits it directly")
-    out = info["num_classes"] if info["task"] == "classification" else 1
-    if cfg.kind == "mlp":
-        from trainlab.models.mlp import MLP
-
-        return MLP(math.prod(shape), out, cfg.hidden, cfg.dropout, cfg.norm, cfg.activation)
-    if cfg.kind == "cnn":
-        if len(shape) != 3:
-            raise UserError(f"model.kind = 'cnn' needs images (C, H, W); this data has inputs of shape {shape}",
-                            "use model.kind = 'mlp' for tabular data")
-        from trainlab.models.cnn import CNN
-
-        return CNN(shape[0], out, cfg.channels, cfg.blocks, cfg.dropout, cfg.norm)
-    raise ValueError(cfg.kind)
+    registry.check_data(cfg.kind, None, info)
+    return entry.build(cfg, info)
 
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+
+
+def read_meta(model_dir: str | Path) -> dict:
+    """config.json of a run's model/ folder: {"model": its [model] table, "info": the data's info, ...}."""
+    d = Path(model_dir)
+    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        raise UserError(f"{d} holds no trained model (model.safetensors + config.json)",
+                        "train first, or give the run folder of a finished `trainlab train`")
+    try:
+        meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        table = config.table("model", meta["model"])
+    except (ValueError, KeyError, TypeError, config._TableInvalid) as e:
+        raise UserError(f"{d / 'config.json'} is damaged or not a trainlab model description ({type(e).__name__})",
+                        "retrain, or restore the file from the run that wrote it") from None
+    except UserError:
+        try:  # written before the tables by kind: keep the keys of its own kind
+            table = config.table("model", config.migrate({"model": meta["model"]})["model"])
+        except (UserError, config._TableInvalid):
+            raise UserError(f"{d / 'config.json'} names a model this trainlab cannot build "
+                            f"(kind {meta['model'].get('kind')!r})", "retrain with this version") from None
+    return {**meta, "table": table}
 
 
 def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
@@ -70,17 +53,99 @@ def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
     from safetensors.torch import load_model
 
     d = Path(model_dir)
-    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-        raise UserError(f"{d} holds no trained model (model.safetensors + config.json)",
-                        "train first, or give the run folder of a finished `trainlab train`")
-    meta = json.loads((d / "config.json").read_text())
-    if meta["model"]["kind"] in CLASSICAL_KINDS:
+    meta = read_meta(d)
+    if registry.get("model", meta["table"].kind).fitted:
         from trainlab.models import classical
 
         return classical.load(d), meta["info"]
-    model = build(ModelConfig.model_validate(meta["model"]), meta["info"])
+    model = build(meta["table"], meta["info"])
     try:
         load_model(model, str(d / "model.safetensors"))
     except Exception as e:  # safetensors raises several types for damaged files
-        raise UserError(f"{d / 'model.safetensors'} cannot be loaded: {e}", "the file is damaged; retrain") from None
+        raise UserError(f"{d / 'model.safetensors'} cannot be loaded ({_first_line(e)})",
+                        "the file is damaged or belongs to another model; retrain") from None
     return model.eval(), meta["info"]
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+# ------------------------------------------------------------------------------------------ init_from
+
+
+def init_source(run_dir: str) -> Path:
+    """The model/ folder of `model.init_from` (a run folder, or its model/ folder itself)."""
+    d = Path(run_dir)
+    model_dir = d if (d / "config.json").is_file() and not (d / "model").is_dir() else d / "model"
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"model.init_from = '{run_dir}' holds no trained model ({model_dir}/config.json is missing)",
+                        "give the folder of a finished `trainlab train` run")
+    return model_dir
+
+
+def resolve_init(cfg: config.Config) -> config.Config:
+    """With model.init_from, the architecture comes from the finished run: keys the recipe did not set take
+    that run's values (the recipe may still change what does not alter shapes, or a head it skips). Text data
+    then uses that run's tokenizer unless data.tokenizer_path names one. The result goes into config.toml."""
+    m = cfg.model
+    if not getattr(m, "init_from", ""):
+        return cfg
+    meta = read_meta(init_source(m.init_from))
+    base = meta["table"]
+    if base.kind != m.kind:
+        raise UserError(f"model.init_from = '{m.init_from}' holds a '{base.kind}' model; this recipe's model.kind is "
+                        f"'{m.kind}'", f"set model.kind = '{base.kind}', or start from a run of a {m.kind}")
+    ours = m.model_dump(include=m.model_fields_set)
+    merged = config.table("model", {**base.model_dump(exclude={"init_from", "init_skip"}), **ours})
+    update = {"model": merged}
+    tok = init_source(m.init_from) / "tokenizer.json"
+    if hasattr(cfg.data, "tokenizer_path") and not cfg.data.tokenizer_path and tok.is_file():
+        kind = meta["info"].get("tokenizer", cfg.data.tokenizer)
+        update["data"] = cfg.data.model_copy(update={"tokenizer_path": str(tok.resolve()), "tokenizer": kind})
+    return cfg.model_copy(update=update)
+
+
+def load_initial_weights(model: nn.Module, init_from: str, skip: list[str]) -> list[str]:
+    """Load a finished run's weights into `model`: every tensor exactly, except those under the `skip` prefixes
+    (left as initialized). Any other missing, extra or mis-shaped tensor is an error naming it. Returns the names
+    of the tensors left fresh."""
+    from safetensors.torch import load_file
+
+    path = init_source(init_from) / "model.safetensors"
+    try:
+        saved = load_file(str(path))
+    except Exception as e:
+        raise UserError(f"{path} cannot be read ({_first_line(e)})", "the file is damaged; retrain that run") from None
+    own = model.state_dict()
+
+    def skipped(name: str) -> bool:
+        return any(name.startswith(p) for p in skip)
+
+    fresh = sorted(k for k in own if skipped(k))
+    unused = [p for p in skip if not any(k.startswith(p) for k in own)]
+    if unused:
+        raise UserError(f"model.init_skip names {unused}, which match no parameter of this model",
+                        "use prefixes of parameter names, e.g. 'head' (its top-level modules: "
+                        f"{sorted({k.split('.')[0] for k in own})})")
+    # A tied tensor (GPT's head = embedding) is stored once in safetensors: compare on what the file holds.
+    missing = [k for k in own if not skipped(k) and k not in saved and not _tied_elsewhere(model, k, saved)]
+    extra = [k for k in saved if k not in own and not skipped(k)]
+    shapes = [f"{k} {tuple(saved[k].shape)} -> {tuple(own[k].shape)}" for k in own
+              if k in saved and not skipped(k) and saved[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        parts = ([f"missing {missing[:4]}"] if missing else []) + ([f"unexpected {extra[:4]}"] if extra else []) \
+            + ([f"shape changed: {'; '.join(shapes[:3])}"] if shapes else [])
+        raise UserError(f"the weights of model.init_from = '{init_from}' do not fit this model: {', '.join(parts)}",
+                        "give the changed parts (a new head) in model.init_skip, or match the architecture")
+    keep = {k: v for k, v in saved.items() if not skipped(k)}
+    model.load_state_dict({**{k: own[k] for k in fresh}, **keep}, strict=False)
+    return fresh
+
+
+def _tied_elsewhere(model: nn.Module, name: str, saved: dict) -> bool:
+    """Whether parameter `name` shares storage with another parameter that the file holds."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if name not in params:
+        return False
+    return any(other in saved and p is params[name] for other, p in params.items() if other != name)

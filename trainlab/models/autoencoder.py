@@ -12,10 +12,61 @@ true bound on log p(x).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
+
+from trainlab import registry
+from trainlab.config import NetworkTable
+from trainlab.errors import UserError
+
+
+class AutoEncoderConfig(NetworkTable):
+    kind: Literal["autoencoder"] = "autoencoder"
+    arch: Literal["mlp", "conv"] = "mlp"  # fully connected, or convolutional (images only)
+    hidden: list[PositiveInt] = [256, 128]  # arch mlp: hidden widths of the encoder (the decoder mirrors them)
+    channels: list[PositiveInt] = [32, 64]  # arch conv: width of each stride-2 stage
+    latent_dim: PositiveInt = 8  # size of the code
+    activation: Literal["relu", "gelu"] = "relu"
+    n_clusters: int = Field(10, ge=2)  # evaluation: k-means with this k on the codes
+
+    @model_validator(mode="after")
+    def _arch_keys(self):
+        # A written-out config.toml sets every key: only a value the other arch would need is a mistake.
+        unused = {"mlp": "channels", "conv": "hidden"}[self.arch]
+        if getattr(self, unused) != type(self).model_fields[unused].default:
+            raise ValueError(f"model.{unused} is not used by model.arch = '{self.arch}'; remove it "
+                             f"(the {self.arch} arch reads model.{'hidden' if self.arch == 'mlp' else 'channels'})")
+        return self
+
+
+class VAEConfig(AutoEncoderConfig):
+    kind: Literal["vae"] = "vae"
+
+
+def _build(cfg: AutoEncoderConfig, info: dict) -> nn.Module:
+    shape = info["input_shape"]
+    if cfg.arch == "conv" and len(shape) != 3:
+        raise UserError(f"model.arch = 'conv' needs images (C, H, W); this data has inputs of shape {shape}",
+                        "use model.arch = 'mlp' for tabular data")
+    return AutoEncoder(shape, cfg.latent_dim, cfg.arch, cfg.hidden, cfg.channels, cfg.kind == "vae", cfg.activation)
+
+
+@registry.model("autoencoder", AutoEncoderConfig, consumes={"features"}, produces={"codes", "reconstruction"},
+                objective="reconstruction")
+def build_autoencoder(cfg: AutoEncoderConfig, info: dict) -> nn.Module:
+    """Autoencoder (MLP or conv): a code of latent_dim numbers and its reconstruction."""
+    return _build(cfg, info)
+
+
+@registry.model("vae", VAEConfig, consumes={"features"},
+                produces={"codes", "reconstruction", "latent_distribution"}, objective="elbo")
+def build_vae(cfg: VAEConfig, info: dict) -> nn.Module:
+    """Variational autoencoder: a Gaussian latent, a decoder with a learned noise scale."""
+    return _build(cfg, info)
 
 
 def _act(name: str) -> nn.Module:

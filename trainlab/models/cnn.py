@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 from torch import nn
+
+from trainlab import registry
+from trainlab.config import NetworkTable
+
+
+class CNNConfig(NetworkTable):
+    kind: Literal["cnn"] = "cnn"
+    channels: list[PositiveInt] = [32, 64]  # width of each stage; every stage after the first halves the resolution
+    blocks: PositiveInt = 1  # residual blocks per stage
+    dropout: float = Field(0.0, ge=0, lt=1)  # before the head
+    norm: Literal["batch", "layer", "none"] = "batch"  # layer: GroupNorm with one group
+
+
+@registry.model("cnn", CNNConfig, consumes={"images"}, produces={"predictions"}, objective="supervised")
+def build(cfg: CNNConfig, info: dict) -> nn.Module:
+    """Residual CNN on images (C, H, W): class logits or a regression value."""
+    from trainlab.models.mlp import output_size
+
+    return CNN(info["input_shape"][0], output_size(info), cfg.channels, cfg.blocks, cfg.dropout, cfg.norm)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -12,6 +34,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "layer":
         return nn.GroupNorm(1, channels)  # LayerNorm over (C, H, W), as one group
+    assert kind == "none", kind
     return nn.Identity()
 
 

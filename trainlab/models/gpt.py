@@ -12,29 +12,48 @@ projections that write into the residual stream scaled by 1/sqrt(2 * n_layer).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
+from trainlab import registry
+from trainlab.config import NetworkTable
 
-@dataclass
-class GPTConfig:
-    vocab_size: int
-    block_size: int = 256  # the context length
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-    norm: str = "rms"  # "layer" or "rms"
-    pos: str = "rope"  # "rope" or "learned"
-    mlp: str = "swiglu"  # "gelu" or "swiglu"
-    mlp_ratio: float = 4.0
-    tie_weights: bool = True
-    moe_experts: int = 0  # 0 = a dense MLP
-    moe_top_k: int = 2
+
+class GPTConfig(NetworkTable):
+    kind: Literal["gpt"] = "gpt"
+    n_layer: PositiveInt = 4  # Transformer blocks
+    n_head: PositiveInt = 4  # attention heads (n_embd must split into n_head heads of an even width)
+    n_embd: PositiveInt = 128  # residual stream width
+    dropout: float = Field(0.0, ge=0, lt=1)
+    pos: Literal["rope", "learned"] = "rope"  # rotary or learned absolute positions
+    norm: Literal["rms", "layer"] = "rms"  # RMSNorm (Llama) or LayerNorm (GPT-2)
+    activation: Literal["swiglu", "gelu"] = "swiglu"  # the MLP: SwiGLU (Llama) or GELU (GPT-2)
+    mlp_ratio: float = Field(4.0, gt=0)  # MLP hidden width / n_embd (x 2/3 for swiglu)
+    bias: bool = False  # biases in linear layers and LayerNorm
+    tie_weights: bool = True  # the output head shares the token embedding
+    moe_experts: int = Field(0, ge=0)  # experts per MLP (0 = dense)
+    moe_top_k: PositiveInt = 2  # experts each token is routed to
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"model.n_embd = {self.n_embd} must split into model.n_head = {self.n_head} heads of "
+                             "an even width (pick n_embd divisible by 2 * n_head)")
+        if self.moe_experts and self.moe_top_k > self.moe_experts:
+            raise ValueError(f"model.moe_top_k = {self.moe_top_k} exceeds model.moe_experts = {self.moe_experts} "
+                             "(route to at most as many experts as there are)")
+        return self
+
+
+@registry.model("gpt", GPTConfig, consumes={"tokens"}, produces={"token_logits", "hidden_states"},
+                objective="next_token")
+def build(cfg: GPTConfig, info: dict) -> nn.Module:
+    """Decoder-only Transformer (RoPE or learned positions, RMSNorm or LayerNorm, SwiGLU or GELU, MoE)."""
+    return GPT(cfg, info["vocab_size"], info["block_size"])
 
 
 class RMSNorm(nn.Module):
@@ -61,20 +80,39 @@ def rope_tables(block_size: int, head_dim: int, base: float = 10000.0) -> tuple[
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x1_i, x2_i) of x (B, nh, T, hs) by its position's angle; halves layout (GPT-NeoX)."""
+    """Rotate each pair (x1_i, x2_i) of x (B, nh, T, hs) by its position's angle; halves layout (GPT-NeoX).
+    cos, sin: (T, hs/2), or (B, 1, T, hs/2) when every row has positions of its own (left padding)."""
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far: (B, nh, block_size, hs) each, filled to `length`."""
+    """Keys and values of every layer for the tokens seen so far: (B, nh, block_size, hs) each, filled to `length`.
+    `pad` (B,): how many left-padding positions each row starts with; they are never attended to."""
 
-    def __init__(self, cfg: GPTConfig, batch: int, device, dtype):
-        shape = (batch, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+    def __init__(self, model: "GPT", batch: int, device, dtype, pad: torch.Tensor | None = None):
+        cfg = model.cfg
+        shape = (batch, cfg.n_head, model.block_size, cfg.n_embd // cfg.n_head)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.length = 0
+        self.pad = pad
+
+
+def attention_mask(t: int, start: int, pad: torch.Tensor | None, device) -> torch.Tensor | None:
+    """Which keys each query may see: causal over positions 0..start+t-1, minus each row's left padding.
+    None when plain causal attention (is_causal) or full attention to the cache does the job. (B or 1, 1, t, S)."""
+    if pad is None and (start == 0 or t == 1):
+        return None
+    q = torch.arange(start, start + t, device=device)[:, None]  # (t, 1) absolute positions of the queries
+    k = torch.arange(start + t, device=device)[None, :]  # (1, S)
+    mask = k <= q  # causal
+    if pad is not None:
+        # A padding query sees itself, so that no row is all -inf (which gives NaN); real tokens never see padding.
+        mask = (mask & (k >= pad[:, None, None])) | (k == q)
+        return mask[:, None]  # (B, 1, t, S)
+    return mask
 
 
 class CausalSelfAttention(nn.Module):
@@ -86,25 +124,18 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.proj.residual_scaled = True
 
-    def forward(self, x, rope, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, rope, mask=None, cache: KVCache | None = None, layer: int = 0):
         b, t, c = x.shape
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (a.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for a in (q, k, v))  # (B, nh, T, hs)
         start = cache.length if cache is not None else 0
         if rope is not None:
-            cos, sin = rope[0][start:start + t], rope[1][start:start + t]
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             cache.k[layer][:, :, start:start + t] = k
             cache.v[layer][:, :, start:start + t] = v
             k, v = cache.k[layer][:, :, :start + t], cache.v[layer][:, :, :start + t]
-        if start == 0:
-            mask, causal = None, True  # the usual case: attend to self and the past
-        elif t == 1:
-            mask, causal = None, False  # one new token sees every cached one
-        else:  # new tokens after a cached prefix: token i sees the prefix and new tokens <= i
-            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            causal = False
+        causal = mask is None and start == 0  # the usual case: attend to self and the past
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
@@ -113,7 +144,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.swiglu = cfg.mlp == "swiglu"
+        self.swiglu = cfg.activation == "swiglu"
         # SwiGLU has three matrices instead of two: 2/3 of the hidden width keeps the parameter count.
         hidden = int(cfg.mlp_ratio * cfg.n_embd * (2 / 3 if self.swiglu else 1))
         hidden = (hidden + 63) // 64 * 64 if hidden > 64 else hidden
@@ -171,25 +202,28 @@ class Block(nn.Module):
         self.mlp = MoE(cfg) if cfg.moe_experts else MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, rope, cache=None, layer=0):
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache, layer))
+    def forward(self, x, rope, mask, cache=None, layer=0):
+        x = x + self.drop(self.attn(self.norm1(x), rope, mask, cache, layer))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    """GPT(cfg, vocab_size, block_size): `forward` gives next-token logits; `hidden` the final (normed) hidden
+    states, for heads of other kinds (a value or reward head, a classifier)."""
+
+    def __init__(self, cfg: GPTConfig, vocab_size: int, block_size: int):
         super().__init__()
-        self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.cfg, self.vocab_size, self.block_size = cfg, vocab_size, block_size
+        self.wte = nn.Embedding(vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = _norm(cfg)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.wte.weight  # one matrix to read tokens in and out (Press & Wolf, 2017)
         if cfg.pos == "rope":
-            cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head)
+            cos, sin = rope_tables(block_size, cfg.n_embd // cfg.n_head)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
@@ -204,22 +238,38 @@ class GPT(nn.Module):
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, vocab). With a cache, idx continues the cached tokens."""
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> final hidden states (B, T, C), after the last norm.
+        With a cache, idx continues the cached tokens. `pad` (B,): rows are left-padded by that many positions
+        (ignored as keys; each row's positions start at its first real token); with a cache it comes from there."""
         b, t = idx.shape
         start = cache.length if cache is not None else 0
-        if start + t > self.cfg.block_size:
-            raise ValueError(f"{start + t} tokens exceed the context of {self.cfg.block_size}")
+        if start + t > self.block_size:
+            raise ValueError(f"{start + t} tokens exceed the context of {self.block_size}")
+        if cache is not None:
+            pad = cache.pad
+        pos = torch.arange(start, start + t, device=idx.device)  # (T,)
+        if pad is not None:
+            pos = (pos[None] - pad[:, None]).clamp_min(0)  # (B, T): each row counts from its first real token
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + t, device=idx.device))
+            x = x + self.wpe(pos)
         x = self.drop(x)
-        rope = (self.rope_cos, self.rope_sin) if self.wpe is None else None
+        rope = None
+        if self.wpe is None:
+            rope = (self.rope_cos[pos], self.rope_sin[pos])  # (T, hs/2), or (B, T, hs/2) per row
+            if pad is not None:
+                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T, hs/2): broadcast over heads
+        mask = attention_mask(t, start, pad, idx.device)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i)
+            x = block(x, rope, mask, cache, i)
         if cache is not None:
             cache.length += t
-        return self.head(self.norm(x))
+        return self.norm(x)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab). See `hidden` for the cache and left padding."""
+        return self.head(self.hidden(idx, cache, pad))
 
     # ------------------------------------------------------------------ accounting
     def moe_layers(self) -> list[MoE]:
@@ -237,5 +287,5 @@ class GPT(nn.Module):
         if c.moe_experts:
             expert = sum(p.numel() for p in self.blocks[0].mlp.experts[0].parameters() if p.ndim == 2)
             per_layer += c.moe_top_k * expert
-        matmul = c.n_layer * per_layer + c.n_embd * c.vocab_size  # + the output head
-        return 6 * matmul + 12 * c.n_layer * c.n_embd * c.block_size
+        matmul = c.n_layer * per_layer + c.n_embd * self.vocab_size  # + the output head
+        return 6 * matmul + 12 * c.n_layer * c.n_embd * self.block_size

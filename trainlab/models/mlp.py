@@ -3,9 +3,33 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field, PositiveInt
 from torch import nn
+
+from trainlab import registry
+from trainlab.config import NetworkTable
+
+
+class MLPConfig(NetworkTable):
+    kind: Literal["mlp"] = "mlp"
+    hidden: list[PositiveInt] = [128]  # hidden widths
+    dropout: float = Field(0.0, ge=0, lt=1)
+    norm: Literal["batch", "layer", "none"] = "batch"  # after each hidden Linear
+    activation: Literal["relu", "gelu"] = "relu"
+
+
+@registry.model("mlp", MLPConfig, consumes={"features"}, produces={"predictions"}, objective="supervised")
+def build(cfg: MLPConfig, info: dict) -> nn.Module:
+    """Multi-layer perceptron on any array input (flattened): class logits or a regression value."""
+    return MLP(math.prod(info["input_shape"]), output_size(info), cfg.hidden, cfg.dropout, cfg.norm, cfg.activation)
+
+
+def output_size(info: dict) -> int:
+    """Class logits for classification, one value for regression (and for unlabeled data: nothing to predict)."""
+    return info["num_classes"] if info["task"] == "classification" else 1
 
 
 class MLP(nn.Module):
@@ -16,7 +40,8 @@ class MLP(nn.Module):
         width = in_features
         for h in hidden:
             layers.append(nn.Linear(width, h))
-            layers.append({"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(norm, lambda _: nn.Identity())(h))
+            # "none" keeps an Identity in its place, so parameter names do not depend on the norm.
+            layers.append({"batch": nn.BatchNorm1d, "layer": nn.LayerNorm, "none": lambda _: nn.Identity()}[norm](h))
             layers.append(nn.ReLU() if activation == "relu" else nn.GELU())
             if dropout:
                 layers.append(nn.Dropout(dropout))

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from trainlab import registry
+from trainlab.config import ObjectiveTable
+
+
+class NextTokenConfig(ObjectiveTable):
+    kind: Literal["next_token"] = "next_token"
+    moe_aux_weight: float = Field(0.01, ge=0)  # weight of the MoE load-balancing loss
+
+
+@registry.objective("next_token", NextTokenConfig, needs={"token_logits"}, data_needs={"tokens"})
+def build(cfg: NextTokenConfig, info: dict):
+    """Cross-entropy of every next token (self-supervised), plus MoE load balancing."""
+    return NextToken(cfg.moe_aux_weight)
 
 
 class NextToken:

@@ -5,9 +5,35 @@ An objective is one method, `loss(model, batch) -> (loss, metrics)`; the loop do
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from trainlab import registry
+from trainlab.config import ObjectiveTable
+from trainlab.errors import UserError
+
+
+class SupervisedConfig(ObjectiveTable):
+    kind: Literal["supervised"] = "supervised"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # classification only
+
+
+@registry.objective("supervised", SupervisedConfig, needs={"predictions"}, data_needs={"labels"})
+def build(cfg: SupervisedConfig, info: dict):
+    """Cross-entropy for classes, mean squared error for numbers: the data's task decides."""
+    if info.get("anomaly_class", -1) >= 0:
+        raise UserError("data.anomaly_class is for unsupervised models: a classifier never trained on that class "
+                        "cannot name it", "use model.kind = 'autoencoder', 'vae' or 'kmeans'")
+    if info["task"] == "classification":
+        return Classification(cfg.label_smoothing)
+    if cfg.label_smoothing:
+        raise UserError(f"objective.label_smoothing = {cfg.label_smoothing} is for classification; this data is "
+                        f"'{info['task']}'", "remove objective.label_smoothing")
+    return Regression()
 
 
 class Classification:

@@ -6,9 +6,36 @@ Labels in the batch are never read here; evaluation uses them afterwards, where 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
+
+from trainlab import registry
+from trainlab.config import ObjectiveTable
+
+
+class ReconstructionConfig(ObjectiveTable):
+    kind: Literal["reconstruction"] = "reconstruction"
+
+
+class ELBOConfig(ObjectiveTable):
+    kind: Literal["elbo"] = "elbo"
+    kl_weight: float = Field(1.0, ge=0)  # weight of the KL term (beta)
+    kl_warmup_steps: int = Field(0, ge=0)  # the KL weight ramps linearly from 0 over these steps
+
+
+@registry.objective("reconstruction", ReconstructionConfig, needs={"reconstruction"})
+def build_reconstruction(cfg: ReconstructionConfig, info: dict):
+    """Mean squared reconstruction error (autoencoders)."""
+    return Reconstruction()
+
+
+@registry.objective("elbo", ELBOConfig, needs={"latent_distribution"})
+def build_elbo(cfg: ELBOConfig, info: dict):
+    """Negative evidence lower bound with a KL warm-up (VAEs)."""
+    return ELBO(cfg.kl_weight, cfg.kl_warmup_steps)
 
 
 def per_example_mse(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +64,11 @@ class ELBO:
 
     def __init__(self, kl_weight: float = 1.0, kl_warmup_steps: int = 0):
         self.kl_weight, self.kl_warmup_steps = kl_weight, kl_warmup_steps
-        self.step = 0  # the loop sets the current optimizer step before each forward pass
+        self.step = 0
+
+    def before_step(self, step: int) -> None:
+        """The loop's hook: the optimizer step about to be taken (the warm-up's clock; resumes exactly)."""
+        self.step = step
 
     def beta(self) -> float:
         if not self.kl_warmup_steps:
