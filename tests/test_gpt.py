@@ -217,14 +217,54 @@ def test_prompt_longer_than_the_context():
     assert len(out) <= 5
 
 
-def test_stop_strings_end_generation():
-    m = tiny_gpt(vocab_size=15)
-    tok = tok_lib.CharTokenizer(list("abcdefghij"))
-    full = "".join(generate_text(m, tok, "ab", 40, temperature=0))
-    if len(full) > 3:
-        stop = full[2:4]
-        cut = "".join(generate_text(m, tok, "ab", 40, temperature=0, stop=(stop,)))
-        assert cut == full[: full.find(stop)]
+def test_stop_strings_are_held_back_while_they_may_still_match(monkeypatch):
+    """The model's stream is fixed ("abcabd..."): "ab" could start the stop string "abd", so it is held back
+    after "abc" until "abd" arrives; nothing of the stop string is ever shown."""
+    from trainlab import generate as gen
+
+    tok = tok_lib.CharTokenizer(list("abcd"))
+    script = [tok.encode(c)[0] for c in "abcabdcc"]
+    monkeypatch.setattr(gen, "generate_ids", lambda *a, **k: iter(script))
+    pieces = list(gen.generate_text(tiny_gpt(vocab_size=tok.vocab_size), tok, "a", 8, stop=("abd",)))
+    assert "".join(pieces) == "abc"
+    assert pieces[0] == "abc"  # shown as soon as "c" ruled the stop string out; the next "ab" waited
+    pieces = list(gen.generate_text(tiny_gpt(vocab_size=tok.vocab_size), tok, "a", 8, stop=("abx",)))
+    assert "".join(pieces) == "abcabdcc"  # never matched: everything held back is shown at the end
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_batched_generation_with_left_padding_matches_one_row_at_a_time(pos):
+    from trainlab.generate import generate
+
+    m = tiny_gpt(pos=pos)
+    prompts = [[5, 6, 7, 8, 9], [3], [10, 11, 12]]
+    alone = [generate(m, [p], 12, temperature=0)[0] for p in prompts]
+    together = generate(m, prompts, 12, temperature=0)
+    assert together == alone
+    # Past the context (32) the cache is refilled with the recent half; rows still agree.
+    long = [generate(m, [p], 40, temperature=0)[0] for p in prompts]
+    assert generate(m, prompts, 40, temperature=0) == long
+
+
+def test_padding_never_changes_the_logits_of_real_tokens():
+    m = tiny_gpt()
+    x = torch.tensor([[4, 5, 6, 7]])
+    padded = torch.tensor([[0, 0, 4, 5, 6, 7]])
+    a = m(x)
+    b = m(padded, pad=torch.tensor([2]))[:, 2:]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert m.hidden(x).shape == (1, 4, 32)  # the trunk's final hidden states, for other heads
+
+
+def test_generation_stops_each_row_at_its_own_eos():
+    from trainlab.generate import generate
+
+    m = tiny_gpt()
+    free = generate(m, [[1, 2], [3, 4]], 20, temperature=1.0, seed=0)
+    eos = free[0][5]  # a token row 0 emits (maybe earlier too)
+    out = generate(m, [[1, 2], [3, 4]], 20, temperature=1.0, seed=0, eos_id=eos, check_every=4)
+    assert out[0] == free[0][:free[0].index(eos)] and len(out[0]) <= 5
+    assert out[1] == (free[1][:free[1].index(eos)] if eos in free[1] else free[1])
 
 
 def test_loop_logs_tokens_per_second_and_mfu_and_resumes_text_exactly(tmp_path, monkeypatch):

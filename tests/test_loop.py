@@ -70,21 +70,6 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
-def test_accumulated_gradient_equals_full_batch_gradient():
-    torch.manual_seed(0)
-    model = torch.nn.Linear(5, 3)
-    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
-    from trainlab.objectives.supervised import Classification
-
-    obj = Classification()
-    loss, _ = obj.loss(model, {"x": x, "y": y})
-    full = torch.autograd.grad(loss, model.weight)[0]
-    model.zero_grad()
-    for part in (slice(0, 4), slice(4, 8)):
-        (obj.loss(model, {"x": x[part], "y": y[part]})[0] / 2).backward()
-    torch.testing.assert_close(model.weight.grad, full)
-
-
 def test_gradient_clipping_caps_the_update_and_logs_the_raw_norm(tmp_path):
     loop.train(tiny("digits-mlp", "loop.clip_grad_norm=1e-3", "optim.name=sgd", "optim.momentum=0"), tmp_path / "r")
     norms = [r["grad_norm"] for r in metrics_rows(tmp_path / "r") if r["split"] == "train"]
