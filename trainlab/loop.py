@@ -94,7 +94,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     seed_everything(cfg.run.seed)
     device = ctx.device
     amp = autocast_for(device, cfg.loop.precision)
-    cfg = models.resolve_init(cfg)  # model.init_from: the architecture (and tokenizer) of the finished run
+    cfg = models.resolve_init(cfg, ctx.print)  # model.init_from: the architecture (and tokenizer) of the finished run
     data = ctx.local_first(lambda: data_lib.build(cfg.data))  # one process per machine packs a corpus cache
     cfg = resolve(cfg, max(1, data.batches_per_epoch // cfg.loop.grad_accum))
     L = cfg.loop

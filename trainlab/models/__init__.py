@@ -84,10 +84,14 @@ def init_source(run_dir: str) -> Path:
     return model_dir
 
 
-def resolve_init(cfg: config.Config) -> config.Config:
-    """With model.init_from, the architecture comes from the finished run: keys the recipe did not set take
-    that run's values (the recipe may still change what does not alter shapes, or a head it skips). Text data
-    then uses that run's tokenizer unless data.tokenizer_path names one. The result goes into config.toml."""
+# The keys a recipe keeps when it starts from a finished run; every other [model] key is that run's.
+_OWN_KEYS = ("init_from", "init_skip")
+
+
+def resolve_init(cfg: config.Config, say=print) -> config.Config:
+    """With model.init_from the model is the finished run's: its [model] table replaces the recipe's (except
+    init_from and init_skip; a recipe value that differs is named in a note). Text data then uses that
+    run's tokenizer unless data.tokenizer_path names one. The result is what config.toml records."""
     m = cfg.model
     if not getattr(m, "init_from", ""):
         return cfg
@@ -96,8 +100,12 @@ def resolve_init(cfg: config.Config) -> config.Config:
     if base.kind != m.kind:
         raise UserError(f"model.init_from = '{m.init_from}' holds a '{base.kind}' model; this recipe's model.kind is "
                         f"'{m.kind}'", f"set model.kind = '{base.kind}', or start from a run of a {m.kind}")
-    ours = m.model_dump(include=m.model_fields_set)
-    merged = config.table("model", {**base.model_dump(exclude={"init_from", "init_skip"}), **ours})
+    ours = {k: getattr(m, k) for k in _OWN_KEYS if k in type(m).model_fields}
+    merged = config.table("model", {**base.model_dump(), **ours})
+    replaced = [f"{k} {getattr(m, k)!r} -> {getattr(merged, k)!r}" for k in m.model_fields_set
+                if k not in _OWN_KEYS and getattr(m, k) != getattr(merged, k)]
+    if replaced:
+        say(f"model.init_from: the architecture of {m.init_from} replaces the recipe's ({'; '.join(replaced)})")
     update = {"model": merged}
     tok = init_source(m.init_from) / "tokenizer.json"
     if hasattr(cfg.data, "tokenizer_path") and not cfg.data.tokenizer_path and tok.is_file():
