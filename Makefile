@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests
+
+test-fast: install  # the quick tier: no torchrun, SIGKILL or every-recipe runs
+	$(PY) -m pytest tests -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -27,6 +27,7 @@ def recipe_args(recipe: str, text_dir) -> list[str]:
     return args + ([f"data.path={text_dir / 'play.txt'}"] if source == "text" else [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(config.bundled_recipes()))
 def test_every_bundled_recipe_trains_evaluates_and_reports(tmp_path, recipe, text_dir):
     run = tmp_path / recipe

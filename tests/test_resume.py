@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -21,6 +22,7 @@ def comparable(run_dir):
     return [{k: v for k, v in r.items() if k not in ("time", "throughput")} for r in rows]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     r = run_cli("train", *ARGS, "--run-dir", str(full))

@@ -2,8 +2,10 @@
 
 A recipe has seven tables: run, data, model, objective, optim, schedule, loop. Every key has a default, so a
 recipe only says what differs. `key.sub=value` overrides (from the command line) are parsed as TOML values.
-Unknown keys, wrong types and out-of-range values raise `UserError` naming the dotted key, what was expected
-and what came, with the nearest valid key for typos.
+[model], [objective] and [data] are tables by kind: the class of `model.kind`, `objective.kind` or
+`data.source` (declared beside its builder and registered in trainlab.registry) validates them. Unknown keys,
+wrong types and out-of-range values raise `UserError` naming the dotted key, what was expected and what came,
+with the kind's own keys and the nearest valid key for typos.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class OptimConfig(Table):
     def _positive(cls, v: dict[str, float]) -> dict[str, float]:
         bad = {k: m for k, m in v.items() if not m > 0}
         if bad:
-            raise ValueError(f"must map name prefixes to multipliers > 0 (freeze a prefix with optim.freeze)")
+            raise ValueError(f"must map name prefixes to multipliers > 0 (got {bad}; freeze a prefix with optim.freeze)")
         return v
 
 

@@ -22,7 +22,7 @@ from trainlab.config import Config
 from trainlab.distributed import Dist
 from trainlab.errors import UserError
 from trainlab.optim import build_optimizer, lr_factor, set_lr
-from trainlab.policy import Policy, evaluate  # noqa: F401  (evaluate: the datasets' validation, kept importable here)
+from trainlab.policy import Policy
 from trainlab.runs import MetricLog, Progress, RunWriter
 
 

@@ -142,7 +142,7 @@ def _trustworthiness(x: np.ndarray, z: np.ndarray) -> float:
 
 
 def _elbo(model, cfg, data, split: str) -> dict[str, float]:
-    from trainlab.loop import evaluate as loop_evaluate
+    from trainlab.policy import evaluate as loop_evaluate
     from trainlab.objectives import LossModule
     from trainlab.objectives.unsupervised import ELBO
 
