@@ -24,3 +24,25 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
 @pytest.fixture
 def tiny_cfg():
     return tiny
+
+
+class Killed(Exception):
+    """Stands for a kill right after a checkpoint was committed."""
+
+
+def train_killed_after(cfg, run_dir, step: int, monkeypatch) -> None:
+    """Train `cfg` into `run_dir` and stop it right after the checkpoint of `step` is committed."""
+    from trainlab import checkpoint, loop
+
+    real = checkpoint.commit
+
+    def commit_then_die(root, tmp, at, links):
+        out = real(root, tmp, at, links)
+        if at == step:
+            raise Killed()
+        return out
+
+    monkeypatch.setattr(checkpoint, "commit", commit_then_die)
+    with pytest.raises(Killed):
+        loop.train(cfg, run_dir)
+    monkeypatch.setattr(checkpoint, "commit", real)

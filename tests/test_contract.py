@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainlab import checkpoint, config, data as data_lib, loop, registry
+from trainlab import config, data as data_lib, loop, registry
 from trainlab.errors import UserError
+from tests.conftest import train_killed_after
 
 
 def write_sources(root) -> dict[str, dict]:
@@ -126,28 +127,13 @@ def _tiny(kind: str, sources) -> config.Config:
                             "loop": {"steps": 6, "eval_every": 3, "log_every": 2, "eval_batches": 2}})
 
 
-class _Kill(Exception):
-    pass
-
-
 @pytest.mark.parametrize("kind", TRAINABLE)
 def test_every_trainable_kind_builds_from_defaults_and_resumes_exactly(kind, sources, tmp_path, monkeypatch):
     cfg = _tiny(kind, sources)
     full = loop.train(cfg, tmp_path / "full")
     assert full["status"] == "completed" and full["steps"] == 6
 
-    real = checkpoint.commit
-
-    def commit_then_die(root, tmp, step, links):
-        out = real(root, tmp, step, links)
-        if step == 3:
-            raise _Kill()
-        return out
-
-    monkeypatch.setattr(checkpoint, "commit", commit_then_die)
-    with pytest.raises(_Kill):
-        loop.train(cfg, tmp_path / "cut")
-    monkeypatch.setattr(checkpoint, "commit", real)
+    train_killed_after(cfg, tmp_path / "cut", 3, monkeypatch)
     resumed = loop.train(cfg, tmp_path / "cut", resume=True)
 
     a, b = (load_file(tmp_path / d / "model/model.safetensors") for d in ("full", "cut"))

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import PositiveInt
 
-from trainlab import checkpoint, config, loop, registry
+from trainlab import config, loop, registry
 from trainlab.config import DataTable, ObjectiveTable
+from tests.conftest import train_killed_after
 
 ARMS, FEATURES = 4, 6
 
@@ -134,27 +135,10 @@ def test_a_bandit_learns_through_the_one_loop_with_on_step_and_its_own_validatio
     assert s["best"]["metric"] == "reward" and s["metrics"]["val"]["reward"] == s["best"]["value"]
 
 
-class _Kill(Exception):
-    pass
-
-
 def test_the_bandit_resumes_exactly(tmp_path, monkeypatch):
     cfg = recipe(steps=30, eval_every=10)
     loop.train(cfg, tmp_path / "full")
-    real = checkpoint.commit
-
-    def commit_then_die(root, tmp, step, links):
-        out = real(root, tmp, step, links)
-        if step == 10:
-            raise _Kill()
-        return out
-
-    monkeypatch.setattr(checkpoint, "commit", commit_then_die)
-    try:
-        loop.train(cfg, tmp_path / "cut")
-    except _Kill:
-        pass
-    monkeypatch.setattr(checkpoint, "commit", real)
+    train_killed_after(cfg, tmp_path / "cut", 10, monkeypatch)
     loop.train(cfg, tmp_path / "cut", resume=True)
 
     def comparable(d):
