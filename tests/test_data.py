@@ -189,3 +189,23 @@ def test_augmentation_moves_pixels_and_is_seeded():
     b = random_affine(x, torch.Generator().manual_seed(0), 1.0, 10.0)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
     assert torch.allclose(random_affine(x, torch.Generator(), 0.0, 0.0), x, atol=1e-5)  # no-op at zero
+
+
+@pytest.mark.parametrize("n, chars, size", [
+    (0, "0 characters", "0 B"), (812, "812 characters", "812 B"), (47_100, "47.1 K characters", "47.1 KB"),
+    (999_960, "1.0 M characters", "1.0 MB"), (3_200_000, "3.2 M characters", "3.2 MB"),
+    (1_100_000_000, "1.1 G characters", "1.1 GB"),
+])
+def test_sizes_are_shown_in_the_unit_that_fits(n, chars, size):
+    from trainlab.data.text import human_size
+
+    assert human_size(n, "characters") == chars and human_size(n) == size
+
+
+def test_text_banner_counts_47_kb_as_thousands_of_characters(tmp_path, capsys):
+    from trainlab.data.text import TextData
+
+    (tmp_path / "a.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 1070)  # 47,080 characters
+    TextData(data_table(source="text", path=str(tmp_path / "a.txt"), tokenizer="char", split="tail", block_size=16,
+                        cache_dir=str(tmp_path / "cache")))
+    assert "(47.1 K characters)" in capsys.readouterr().out

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import torch
@@ -103,6 +104,23 @@ def generate_ids(model: GPT, prompt: list[int], max_new_tokens: int, temperature
     g = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     for nxt in decode_steps(model, [list(prompt)], max_new_tokens, temperature, top_k, top_p, g, use_cache):
         yield int(nxt[0])
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|u|[ntr\\])")
+
+
+def unescape(text: str) -> str:
+    """Backslash escapes typed on a command line (`--stop "\\n\\n"`: the shell passes the backslashes):
+    \\n, \\t, \\r, \\\\ and \\uXXXX; any other backslash stays as it is."""
+    def one(m: re.Match) -> str:
+        code = m.group(1)
+        if code == "u":
+            raise UserError(f"the escape \\u in '{text}' needs four hex digits",
+                            "write e.g. \\u00a0 (or \\\\u for a backslash and a u)")
+        return chr(int(code[1:], 16)) if code[0] == "u" else _ESCAPES[code]
+
+    return _ESCAPE.sub(one, text)
 
 
 def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,

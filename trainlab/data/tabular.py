@@ -1,4 +1,5 @@
-"""Users' tables: a CSV file with a header row; one column is the target, every other column a numeric feature."""
+"""Users' tables: a CSV file with a header row; one column is the target, every other column a numeric feature
+(columns named in data.ignore_columns are left out: an id, a name)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from trainlab.errors import UserError
 class CSVData(ArrayTable):
     source: Literal["csv"] = "csv"
     path: str = ""  # the CSV file (a header row)
-    target: str = ""  # the target column (default: the last column; none with task = "unlabeled")
+    target: str = ""  # the target column (default: the last column not ignored; none with task = "unlabeled")
+    ignore_columns: list[str] = []  # columns left out entirely, e.g. ["id", "name"]: neither feature nor target
 
 
 @registry.source("csv", CSVData, provides={"features", "labels?"})
@@ -27,10 +29,11 @@ def build(cfg: CSVData):
 
     if not cfg.path:
         raise UserError("data.source = 'csv' needs data.path", "add data.path=/path/to/your/file.csv")
-    return from_arrays(cfg, *load_csv(cfg.path, cfg.target, cfg.task))
+    return from_arrays(cfg, *load_csv(cfg.path, cfg.target, cfg.task, cfg.ignore_columns))
 
 
-def load_csv(path: str, target: str, task: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def load_csv(path: str, target: str, task: str, ignore: list[str] | tuple[str, ...] = ()) -> \
+        tuple[np.ndarray, np.ndarray, dict]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"CSV file {path} does not exist", "check data.path")
@@ -42,9 +45,20 @@ def load_csv(path: str, target: str, task: str) -> tuple[np.ndarray, np.ndarray,
     if len(rows) < 2:
         raise UserError(f"CSV file {path} has no data rows", "give a header row and at least one row of values")
     header, body = rows[0], rows[1:]
-    target = target or header[-1]
+    asked = target
+    missing = [c for c in ignore if c not in header]
+    if missing:
+        raise UserError(f"data.ignore_columns names {', '.join(map(repr, missing))}, not a column of {path}; its "
+                        f"columns are {header}", "name columns of the header row in data.ignore_columns")
+    kept = [c for c in range(len(header)) if header[c] not in ignore]
+    if not kept:
+        raise UserError(f"data.ignore_columns leaves no column of {path}", "ignore fewer columns")
+    target = target or header[kept[-1]]
     if task == "unlabeled":
-        target = ""  # every column is a feature
+        target = ""  # every column not ignored is a feature
+    elif target in ignore:
+        raise UserError(f"the target column '{target}' is also in data.ignore_columns",
+                        "remove it from data.ignore_columns, or set data.target to another column")
     elif target not in header:
         raise UserError(f"target column '{target}' is not in {path}; its columns are {header}", "set data.target")
     t = header.index(target) if target else -1
@@ -52,20 +66,29 @@ def load_csv(path: str, target: str, task: str) -> tuple[np.ndarray, np.ndarray,
         if len(r) != len(header):
             raise UserError(f"{path} row {i + 2} has {len(r)} values, the header has {len(header)}",
                             "fix the row so every row has one value per column")
-    features = [c for c in range(len(header)) if c != t]
+    features = [c for c in kept if c != t]
+    if not features:
+        raise UserError(f"no feature column is left in {path}: its columns are {header}"
+                        + (f", '{target}' is the target" if target else "") + f", {list(ignore)} are ignored",
+                        "keep at least one numeric column besides the target")
     x = np.empty((len(body), len(features)), dtype=np.float64)
     for j, c in enumerate(features):
         for i, r in enumerate(body):
             try:
                 x[i, j] = float(r[c])
             except ValueError:
+                hint = f"encode it as numbers, or leave it out with 'data.ignore_columns=[\"{header[c]}\"]'"
+                if header[c] == asked:  # task = "unlabeled" with a target: the target counts as a feature
+                    hint = ("to score clusters against its labels, drop data.task=unlabeled (the target is kept "
+                            f"aside as labels); or leave it out with 'data.ignore_columns=[\"{header[c]}\"]'")
                 raise UserError(f"column '{header[c]}' of {path} is not numeric: row {i + 2} holds {r[c]!r}",
-                                "encode it as numbers or remove the column") from None
+                                hint) from None
+    names = [header[c] for c in features]
     if t < 0:
-        return x, np.full(len(body), -1), {"task": "unlabeled", "feature_names": header}
+        return x, np.full(len(body), -1), {"task": "unlabeled", "feature_names": names}
     labels = [r[t] for r in body]
     y, inferred = _target(labels, task)
-    return x, y, {"task": inferred, "feature_names": [header[c] for c in features]}
+    return x, y, {"task": inferred, "feature_names": names}
 
 
 def _target(labels: list[str], task: str) -> tuple[np.ndarray, str]:

@@ -102,6 +102,19 @@ SPLITS = ("train", "val", "test")
 # ------------------------------------------------------------------------------------------------ corpora
 
 
+def human_size(n: float, unit: str = "B") -> str:
+    """A count in the decimal prefix that fits: 812 characters, 47.1 K characters, 3.2 M characters,
+    1.1 G characters; bytes (unit "B") as 812 B, 47.1 KB, 3.2 MB, 1.1 GB."""
+    prefixes = ["", "K", "M", "G", "T", "P"]
+    i, v = 0, float(n)
+    while abs(v) >= 999.95 and i < len(prefixes) - 1:  # 999,960 is 1.0 M, not 1000.0 K
+        v /= 1000
+        i += 1
+    number = f"{v:,.0f}" if i == 0 else f"{v:.1f}"
+    sep = "" if unit == "B" and i else " "
+    return f"{number} {prefixes[i]}{sep}{unit}" if i else f"{number} {unit}"
+
+
 def stdlib_files() -> list[Path]:
     """The standard library's .py files of the running interpreter, without tests and site-packages."""
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -252,7 +265,7 @@ def pack(cfg: TextTable) -> Path:
         splits = {"train": [text[:a]], "val": [text[a:b]], "test": [text[b:]] if b < len(text) else []}
     else:
         splits = split_documents(docs, cfg.val_fraction, cfg.test_fraction)
-    print(f"tokenizing {len(docs):,} documents ({sum(len(t) for _, t in docs) / 1e6:.1f} M characters"
+    print(f"tokenizing {len(docs):,} documents ({human_size(sum(len(t) for _, t in docs), 'characters')}"
           + (f", {skipped} non-UTF-8 files skipped" if skipped else "") + f") into {folder}", flush=True)
     # BPE learns its merges from the training split only; a character vocabulary is the alphabet of the whole
     # corpus (as in nanoGPT), or a character first seen in validation could not be encoded at all.

@@ -1,12 +1,18 @@
 """Tokenizers: byte-level BPE (trained with Hugging Face `tokenizers`) and characters.
 
 Both reserve the same special tokens: a document boundary and the chat roles later stages need. Both save to
-one `tokenizer.json` (the BPE file is HF's own format, loadable by `tokenizers.Tokenizer.from_file`).
+one UTF-8 `tokenizer.json`:
+
+    bpe   Hugging Face's own format, nothing added: `tokenizers.Tokenizer.from_file(path)` loads it and
+          encodes to the same ids
+    char  trainlab's own small format, `{"trainlab_tokenizer": "char", "chars": [...]}` (the special tokens
+          are implied, first); only `load` here reads it
 """
 
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -17,7 +23,8 @@ SPECIAL_TOKENS = [EOT, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 
 class CharTokenizer:
-    """One token per character seen in the corpus (plus the special tokens, which come first)."""
+    """One token per character seen in the corpus (plus the special tokens, which come first). Saved in
+    trainlab's own format (see the module docstring), not Hugging Face's."""
 
     kind = "char"
 
@@ -107,18 +114,38 @@ def train_tokenizer(kind: str, texts: Iterator[str] | list[str], vocab_size: int
     return BPETokenizer.train(texts, vocab_size)
 
 
-def save(tokenizer, path: Path) -> None:
-    path.write_text(json.dumps(tokenizer.to_json(), ensure_ascii=False))
+def save(tokenizer, path: str | Path) -> None:
+    """Write `tokenizer.json` as UTF-8 (whatever the locale: a byte-level vocabulary is full of non-ASCII)."""
+    Path(path).write_text(json.dumps(tokenizer.to_json(), ensure_ascii=False), encoding="utf-8")
 
 
 def load(path: str | Path):
+    """A tokenizer saved by `save`: trainlab's character format, or any Hugging Face `tokenizer.json`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no tokenizer at {path}", "give the run folder of a language-model run")
-    text = path.read_text(encoding="utf-8")
-    meta = json.loads(text)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # a character vocabulary written by an older trainlab under a non-UTF-8 locale
+        try:
+            text = raw.decode(locale.getpreferredencoding(False))
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not UTF-8 text", "give the tokenizer.json written by a training run") from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not a tokenizer file (not JSON: {e.msg})",
+                        "give the tokenizer.json written by a training run") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is not a tokenizer file", "give the tokenizer.json written by a training run")
     if meta.get("trainlab_tokenizer") == "char":
         return CharTokenizer(meta["chars"])
     from tokenizers import Tokenizer
 
-    return BPETokenizer(Tokenizer.from_str(text))
+    try:
+        return BPETokenizer(Tokenizer.from_str(text))
+    except Exception as e:  # the Rust side raises a bare Exception for a file it cannot read
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is neither a trainlab character tokenizer nor a Hugging Face tokenizer.json ({why})",
+                        "give the tokenizer.json written by a training run") from None
