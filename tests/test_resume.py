@@ -63,5 +63,5 @@ def test_resume_from_a_corrupt_checkpoint_fails_cleanly_and_keeps_it(tmp_path):
     state.write_bytes(b"\x00garbage")
     r = run_cli("train", "digits-mlp", "loop.max_steps=4", "--run-dir", str(run), "--resume")
     assert r.returncode == 2
-    assert r.stderr.startswith("error: checkpoint state") and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and "state.pt is damaged" in r.stderr and "Traceback" not in r.stderr
     assert state.read_bytes() == b"\x00garbage"  # nothing was overwritten

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 from trainlab.errors import UserError
@@ -71,6 +71,29 @@ def _point(ckpt_root: Path, name: str, target: Path) -> None:
     os.replace(link_tmp, ckpt_root / name)  # atomic: readers see the old target or the new one
 
 
+def linked_step(ckpt_root: Path, name: str = "last") -> int | None:
+    """The step of the checkpoint a link points at (from its folder's name), None when there is none."""
+    link = ckpt_root / name
+    if not link.is_symlink():
+        return None
+    stem = os.readlink(link).split(".")[0]
+    return int(stem[5:]) if stem.startswith("step-") and stem[5:].isdigit() else None
+
+
+def repair_best(ckpt_root: Path, step: int, best: dict | None) -> None:
+    """`last` and `best` move one after the other. A kill between the two moves (both due at one step) leaves
+    `best` one evaluation behind; `last`'s state says which step is best, so when that is `last`'s own step,
+    `best` is pointed at `last`'s folder here, before the resumed run reads either."""
+    last, best_link = ckpt_root / "last", ckpt_root / "best"
+    if best is None or best["step"] != step or not last.is_symlink():
+        return
+    if best_link.is_symlink() and best_link.resolve() == last.resolve():
+        return
+    _point(ckpt_root, "best", last.resolve())
+    _fsync(ckpt_root)
+    prune(ckpt_root)
+
+
 def prune(ckpt_root: Path) -> None:
     """Delete step folders that no link points at, and leftovers of interrupted writes."""
     keep = {(ckpt_root / n).resolve() for n in ("last", "best") if (ckpt_root / n).is_symlink()}
@@ -79,27 +102,51 @@ def prune(ckpt_root: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def load(path: Path, model: nn.Module) -> dict:
-    """Load weights into `model` and return the rest of the state. Damage is a UserError, not a traceback."""
-    state = load_state(path, need=WEIGHTS)
+def load(path: Path, model: nn.Module, need_optimizer: bool = False, loop_state: bool = False) -> dict:
+    """Load weights into `model` and return the rest of the state. Damage is a UserError, not a traceback.
+    `loop_state`: validate the state as the training loop's (trainlab.files.LoopState)."""
+    state = load_state(path, need=WEIGHTS, need_optimizer=need_optimizer, loop_state=loop_state)
     try:
-        load_model(model, str(path / WEIGHTS))
-    except Exception as e:  # safetensors raises several types on damaged or mismatched files
-        raise UserError(f"checkpoint {path.resolve()} is corrupt or does not fit the model ({first_line(e)})",
+        load_weights(model, path / WEIGHTS)
+    except ValueError as e:
+        raise UserError(f"checkpoint {path.resolve()} is corrupt or does not fit the model ({e})",
                         "delete the run folder to start over, or resume a run with an intact checkpoint") from None
     return state
 
 
-def load_state(path: Path, need: str) -> dict:
+def load_state(path: Path, need: str, need_optimizer: bool = False, loop_state: bool = False) -> dict:
     """state.pt of the checkpoint at `path` (weights_only: no code runs), once `need` is there beside it."""
-    if not (path / need).exists() or not (path / STATE).is_file():
-        raise UserError(f"no complete checkpoint at {path}" + (f" (it has no {need})" if path.is_dir() else ""),
+    from trainlab import files
+
+    missing = [name for name in (need, STATE) if not (path / name).exists()]
+    if missing:
+        where = f"{path} has no {' and no '.join(missing)}" if path.is_dir() else f"{path} does not exist"
+        raise UserError(f"no complete checkpoint: {where}",
                         "resume needs a run folder whose training wrote a checkpoint; start without --resume")
+    return files.read_state(path / STATE, need_optimizer, loop_state)
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """The safetensors file at `path` into `model`, every tensor by name and shape. A file that is damaged or
+    belongs to another model raises ValueError with one line saying which tensors differ."""
     try:
-        return torch.load(path / STATE, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"checkpoint state {path.resolve() / STATE} is corrupt ({first_line(e)})",
-                        "delete the run folder to start over, or resume a run with an intact checkpoint") from None
+        saved = load_file(str(path))
+    except Exception as e:  # safetensors raises several types on damaged files
+        raise ValueError(f"not a readable safetensors file: {first_line(e)}") from None
+    own = model.state_dict()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    # A tied tensor (GPT's head = embedding) is stored once: it counts as present when its twin is.
+    tied = {n for n, p in params.items() if n not in saved and any(o in saved and q is p for o, q in params.items())}
+    missing = [k for k in own if k not in saved and k not in tied]
+    extra = [k for k in saved if k not in own]
+    shapes = [f"{k} {tuple(saved[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in own
+              if k in saved and saved[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        parts = ([f"{len(shapes)} tensor(s) of another shape, e.g. {shapes[0]}"] if shapes else []) \
+            + ([f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []) \
+            + ([f"{len(extra)} unexpected, e.g. {extra[0]}"] if extra else [])
+        raise ValueError("; ".join(parts))
+    model.load_state_dict({**saved, **{k: own[k] for k in tied}}, strict=True)
 
 
 def first_line(e: Exception) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import tomllib
@@ -37,65 +38,38 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the smallest set reaching p")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    g.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); backslash "
+                   "escapes \\n, \\t, \\r, \\\\ and \\uXXXX are read as characters: --stop '\\n\\n'")
     g.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer than the context")
 
     r = sub.add_parser("report", help="write report.md and curves.png for a run")
     r.add_argument("run_dir")
     r.add_argument("--compare", nargs="*", default=[], metavar="RUN_DIR", help="overlay other runs' curves")
 
-    rc = sub.add_parser("recipes", help="list the bundled recipes")
-    rc.add_argument("--keys", action="store_true", help="list every valid recipe key with its default")
+    pr = sub.add_parser("predict", help="predict with a trained run: CSV rows, images, or prompts")
+    pr.add_argument("run_dir")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="a CSV file, image files or folders of images; for a language model, prompts or text files "
+                         "(one prompt per line)")
+    pr.add_argument("--out", help="write the predictions (CSV) to this file instead of printing them")
+    pr.add_argument("--max-new-tokens", type=int, default=100, help="language models: tokens per continuation")
+
+    rc = sub.add_parser("recipes", help="list the bundled recipes, or print one")
+    rc.add_argument("name", nargs="?", help="print this recipe's TOML (a bundled name or a file)")
+    rc.add_argument("--resolved", action="store_true", help="with NAME: the full config, every default filled in")
+    rc.add_argument("--keys", action="store_true", help="list every valid recipe key with its type, default and "
+                    "meaning")
     return p
 
 
 def cmd_train(args) -> None:
-    from trainlab import config, distributed, loop, registry
+    from trainlab import api, config, distributed, registry
 
     cfg = config.load_recipe(args.recipe, args.overrides)
-    if registry.fitted(cfg.model.kind):
-        if distributed.launched():
-            raise UserError(f"model.kind = '{cfg.model.kind}' is fitted in one call by one process",
-                            "run it without torchrun")
-        run_dir = _train_dir(args, cfg)
-        if args.resume:
-            raise UserError(f"model.kind = '{cfg.model.kind}' is fitted in one call: there is nothing to resume",
-                            "run it again without --resume")
-        from trainlab import classical
-
-        classical.fit(cfg, run_dir)
-        return
-    with distributed.session(cfg.loop) as ctx:
-        # Rank 0 picks the folder (a numbered one may be taken meanwhile) and every process uses it.
-        found = ctx.broadcast(_attempt(_train_dir, args, cfg) if ctx.main else None)
-        if isinstance(found, tuple):
-            raise UserError(*found)
-        loop.train(cfg, found, resume=args.resume, ctx=ctx)
-
-
-def _attempt(fn, *args):
-    """fn(*args), or its UserError as (message, hint): something that can be sent to the other processes."""
-    try:
-        return fn(*args)
-    except UserError as e:
-        return e.message, e.hint
-
-
-def _train_dir(args, cfg) -> Path:
-    from trainlab import runs
-
-    if args.resume:
-        run_dir = Path(args.run_dir) if args.run_dir else runs.latest_run_dir(cfg.run.out_dir, cfg.run.name)
-        if not (run_dir / "config.toml").is_file():
-            raise UserError(f"--resume: {run_dir} is not a run folder (no config.toml)", "give --run-dir of a run")
-        return run_dir
-    if args.run_dir:
-        run_dir = Path(args.run_dir)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise UserError(f"run folder {run_dir} already exists and is not empty",
-                            "pass --resume to continue it, or choose another --run-dir")
-        return run_dir
-    return runs.new_run_dir(cfg.run.out_dir, cfg.run.name)
+    if registry.fitted(cfg.model.kind) and distributed.launched():
+        raise UserError(f"model.kind = '{cfg.model.kind}' is fitted in one call by one process",
+                        "run it without torchrun")
+    api.train(cfg, run_dir=args.run_dir, resume=args.resume)
 
 
 def cmd_eval(args) -> None:
@@ -108,23 +82,31 @@ def cmd_eval(args) -> None:
 def cmd_sample(args) -> None:
     from trainlab import models
     from trainlab.data import tokenizer as tok_lib
-    from trainlab.generate import generate_text
+    from trainlab.generate import generate_text, unescape
 
     model, info = models.load(Path(args.run_dir) / "model")
     if info.get("task") != "language_modeling":
         raise UserError(f"{args.run_dir} holds a {info.get('task')} model, not a language model",
                         "sample from a run of a GPT recipe, e.g. stdlib-gpt")
-    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0:
-        raise UserError("--max-new-tokens must be >= 1, --temperature >= 0, --top-k >= 0 and 0 < --top-p <= 1",
-                        "fix the sampling options")
+    if args.max_new_tokens < 1 or not args.temperature >= 0 or not math.isfinite(args.temperature) \
+            or not 0 < args.top_p <= 1 or args.top_k < 0:
+        raise UserError("--max-new-tokens must be >= 1, --temperature a number >= 0, --top-k >= 0 and "
+                        "0 < --top-p <= 1", "fix the sampling options")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1; got {args.seed}", "give a smaller seed")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 arrive as surrogates
+        raise UserError("--prompt is not valid UTF-8 text", "pass the prompt in UTF-8") from None
     tokenizer = tok_lib.load(Path(args.run_dir) / "model" / "tokenizer.json")
     if tokenizer.vocab_size != model.vocab_size:
         raise UserError(f"the tokenizer in {args.run_dir}/model has {tokenizer.vocab_size} tokens but the model was "
                         f"trained with {model.vocab_size}: they do not match",
                         "use the tokenizer.json written by the same training run")
+    stop = tuple(unescape(s) for s in args.stop)  # `--stop "\n\n"` arrives from the shell as backslash-n
     print(args.prompt, end="", flush=True)
     for piece in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
-                               args.top_p, args.seed, tuple(args.stop), args.truncate):
+                               args.top_p, args.seed, stop, args.truncate):
         print(piece, end="", flush=True)
     print()
 
@@ -136,12 +118,29 @@ def cmd_report(args) -> None:
     print(f"wrote {out} with " + ", ".join(sorted(p.name for p in out.parent.glob("*.png"))))
 
 
+def cmd_predict(args) -> None:
+    from trainlab.predict import predict_command
+
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1; got {args.max_new_tokens}", "give a positive number")
+    print(predict_command(args.run_dir, args.inputs, args.out, args.max_new_tokens))
+
+
 def cmd_recipes(args) -> None:
     from trainlab import config
 
     if args.keys:
         print_keys()
         return
+    if args.name:
+        path = config.find_recipe(args.name)
+        if args.resolved:
+            print(config.load_recipe(args.name).to_toml(), end="")
+        else:
+            print(path.read_text(encoding="utf-8", errors="replace"), end="")
+        return
+    if args.resolved:
+        raise UserError("--resolved needs a recipe name", "e.g. trainlab recipes digits-cnn --resolved")
     found = config.bundled_recipes()
     width = max((len(n) for n in found), default=4)
     for name, path in found.items():
@@ -183,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     handler = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "report": cmd_report,
-               "recipes": cmd_recipes}[args.command]
+               "predict": cmd_predict, "recipes": cmd_recipes}[args.command]
     try:
         handler(args)
+        sys.stdout.flush()  # inside the try: a reader that went away shows here, not at interpreter exit
     except UserError as e:
         if args.debug:
             raise

@@ -33,6 +33,7 @@ class RunConfig(Table):
     description: str = ""
     seed: int = 0
     out_dir: str = "runs"  # the run folder is out_dir/name (name-2, name-3, ... if taken)
+    tensorboard: bool | Literal["auto"] = "auto"  # TensorBoard event files: auto = when tensorboard is installed
 
 
 # The three tables chosen by kind. Each kind's class (its keys, defaults, cross-key checks) lives beside its
@@ -126,6 +127,7 @@ class LoopConfig(Table):
     patience: int = Field(0, ge=0)  # evaluations without improvement before stopping; 0 = never stop early
     restore_best: bool = True  # export the best weights (by monitor) rather than the last ones
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start on a CPU)
+    threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = OMP_NUM_THREADS if set, else the usable cores
     peak_flops: float = Field(0.0, ge=0)  # the device's peak FLOP/s for MFU (0 = known GPUs only)
     # Under torchrun (several processes): "ddp" keeps a whole model on every device and averages gradients;
     # "fsdp" shards parameters, gradients and optimizer state across devices (FSDP2): 1/N of the training state each.
@@ -264,10 +266,14 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         raise UserError(f"recipe {path} is not valid TOML: {e}", "fix the line named above") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read recipe {path}: {e}", "check the file's permissions and encoding") from None
+    if not overrides and all(isinstance(v, dict) and not v for v in raw.values()):
+        raise UserError(f"recipe {path} is empty: it sets no key, so every default would be trained",
+                        "fill in the recipe (`trainlab recipes NAME` prints a bundled one to start from)")
     raw.setdefault("run", {}).setdefault("name", path.stem)
+    given = {}
     for item in overrides:
-        apply_override(raw, item)
-    return validate(raw, source=str(path))
+        given[apply_override(raw, item)] = item
+    return validate(raw, source=str(path), overrides=given)
 
 
 def parse_value(text: str) -> Any:
@@ -278,7 +284,8 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_override(raw: dict, item: str) -> None:
+def apply_override(raw: dict, item: str) -> str:
+    """Set `key.sub=value` in the raw recipe; returns the dotted key."""
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -290,6 +297,7 @@ def apply_override(raw: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise UserError(f"override '{item}': '{t}' is a value, not a table", "check the dotted key")
     node[leaf] = parse_value(value.strip())
+    return key
 
 
 def flat(obj: BaseModel | dict, prefix: str = "") -> dict[str, Any]:
@@ -353,8 +361,19 @@ def key_comments(cls: type[BaseModel]) -> dict[str, str]:
 def _type_name(ann) -> str:
     import typing
 
+    import types
+
     if typing.get_origin(ann) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(ann))
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(ann))
+    if typing.get_origin(ann) is typing.Annotated:  # PositiveInt and friends: the constraint reads as the type
+        base, *marks = typing.get_args(ann)
+        gt = next((f"{m.gt}" for m in marks if hasattr(m, "gt")), None)
+        return f"{_type_name(base)} > {gt}" if gt is not None else _type_name(base)
+    if typing.get_origin(ann) is not None:  # list[int], dict[str, float], tuple[float, float]
+        args = ", ".join(_type_name(a) for a in typing.get_args(ann))
+        return f"{typing.get_origin(ann).__name__}[{args}]"
     return getattr(ann, "__name__", str(ann)).replace("typing.", "")
 
 
@@ -373,30 +392,73 @@ def all_keys() -> list[str]:
     return sorted(keys)
 
 
-def validate(raw: dict, source: str = "recipe") -> Config:
+def validate(raw: dict, source: str = "recipe", overrides: dict[str, str] | None = None) -> Config:
+    """The Config of a raw recipe. `overrides`: dotted key -> the command-line item that set it, so that an error
+    in one names the command line rather than the recipe file."""
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise _user_error(e, source) from None
+        raise _user_error(e, source, overrides=overrides) from None
     except _TableInvalid as e:
-        raise _user_error(e.error, source, e.table, e.kind) from None
+        raise _user_error(e.error, source, e.table, e.kind, overrides) from None
     except UserError as e:  # an unknown kind, or a pairing that cannot work
         raise UserError(f"{source}: {e.message}", e.hint) from None
 
 
-def _user_error(e: ValidationError, source: str, table: str = "", kind: str = "") -> UserError:
+# Names other tools use for a key, and trainlab's: suggested when a recipe or override uses them.
+ALIASES = {
+    "learning_rate": "lr", "lr_rate": "lr", "wd": "weight_decay", "l2": "weight_decay", "optimizer": "name",
+    "batch": "batch_size", "bs": "batch_size", "train_batch_size": "batch_size", "per_device_train_batch_size":
+    "batch_size", "eval_batch": "eval_batch_size", "num_epochs": "epochs", "n_epochs": "epochs",
+    "max_epochs": "epochs", "num_train_epochs": "epochs", "num_steps": "steps", "total_steps": "steps",
+    "warmup": "warmup_steps", "num_warmup_steps": "warmup_steps", "scheduler": "name", "lr_scheduler": "name",
+    "gradient_accumulation_steps": "grad_accum", "accumulate_grad_batches": "grad_accum",
+    "max_grad_norm": "clip_grad_norm", "grad_clip": "clip_grad_norm", "gradient_clip_val": "clip_grad_norm",
+    "eval_steps": "eval_every", "eval_interval": "eval_every", "logging_steps": "log_every",
+    "log_interval": "log_every", "save_steps": "checkpoint_every", "early_stopping_patience": "patience",
+    "num_threads": "threads", "n_threads": "threads", "dtype": "precision", "mixed_precision": "precision",
+    "num_layers": "n_layer", "n_layers": "n_layer", "layers": "n_layer", "num_heads": "n_head", "n_heads": "n_head",
+    "heads": "n_head", "hidden_size": "n_embd", "d_model": "n_embd", "embed_dim": "n_embd", "context_length":
+    "block_size", "seq_len": "block_size", "max_seq_len": "block_size", "dropout_rate": "dropout",
+    "label": "target", "label_column": "target", "target_column": "target", "data_path": "path", "file": "path",
+}
+
+
+def suggest(leaf: str, valid: list[str]) -> str | None:
+    """The valid key a mistyped `leaf` most likely meant: a known alias, a close spelling, or the key that
+    shares the most words with it (eval_steps -> eval_every)."""
+    if ALIASES.get(leaf) in valid:
+        return ALIASES[leaf]
+    near = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6)
+    if near:
+        return near[0]
+    words = set(leaf.lower().split("_"))
+    scored = [(len(words & set(k.split("_"))), difflib.SequenceMatcher(None, leaf, k).ratio(), k) for k in valid]
+    best = max(scored, default=(0, 0, None))
+    return best[2] if best[0] else None
+
+
+def _user_error(e: ValidationError, source: str, table: str = "", kind: str = "",
+                overrides: dict[str, str] | None = None) -> UserError:
     from trainlab import registry
 
     err = e.errors()[0]
     key = ".".join([table] * bool(table) + [str(p) for p in err["loc"]])
+    if overrides and key in overrides:
+        source = f"the command-line override '{overrides[key]}'"
     got = err.get("input")
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     what = f" for {table}.{KIND_KEY[table]} = '{kind}'" if table else ""
     if err["type"] == "extra_forbidden":
         valid = [k for k, _, _ in table_keys(registry.get(REGISTRY_OF[table], kind).table)] if table else []
         leaf = key.split(".", 1)[1] if table else key
-        near = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.6) if table else \
-            difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+        if table:
+            near = [m] if (m := suggest(leaf, valid)) else []
+        else:  # a key of a fixed table (optim, loop, ...), or a table that does not exist
+            head, _, rest = key.partition(".")
+            peers = [k.partition(".")[2] for k in all_keys() if k.startswith(head + ".")]
+            near = [f"{head}.{m}"] if rest and (m := suggest(rest, peers)) else \
+                difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
         owners = sorted(n for n, en in registry.entries(REGISTRY_OF[table]).items()
                         if leaf in {k for k, _, _ in table_keys(en.table)}) if table else []
         if near:
@@ -413,6 +475,7 @@ def _user_error(e: ValidationError, source: str, table: str = "", kind: str = ""
     if err["type"] == "missing":
         return UserError(f"{source}: '{key}' is required{what}{more}", f"set {key} in the recipe or with {key}=...")
     return UserError(f"{source}: '{key}' {_expectation(msg)}{what}; got {got!r}{more}",
+                     f"give {key}= a valid value" if overrides and key in overrides else
                      "fix the value in the recipe or override it with " + f"{key}=...")
 
 

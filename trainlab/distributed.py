@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainlab import checkpoint
+from trainlab import checkpoint, files
 from trainlab.config import LoopConfig
 from trainlab.errors import UserError
 from trainlab.objectives import LossModule, Objective
@@ -264,14 +264,14 @@ class Dist:
     def load_checkpoint(self, path: Path, model: nn.Module, optimizer=None) -> dict:
         """Weights (and the optimizer's state when given) into this rank's model; returns the loop state."""
         if not self.sharded:
-            state = checkpoint.load(path, model)
+            state = checkpoint.load(path, model, need_optimizer=optimizer is not None, loop_state=True)
             if optimizer is not None:
-                optimizer.load_state_dict(state["optimizer"])
+                files.load_optimizer(optimizer, state["optimizer"], path / checkpoint.STATE)
             return state
         from torch.distributed.checkpoint import state_dict as sd
         from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
 
-        state = checkpoint.load_state(path, need=checkpoint.SHARDS)
+        state = checkpoint.load_state(path, need=checkpoint.SHARDS, loop_state=True)
         want = {"model": sd.get_model_state_dict(model)}
         if optimizer is not None:
             want["optimizer"] = sd.get_optimizer_state_dict(model, optimizer)  # the layout to read into

@@ -33,7 +33,7 @@ from trainlab.errors import UserError
 
 BUILTIN = (
     "trainlab.models.mlp", "trainlab.models.cnn", "trainlab.models.autoencoder", "trainlab.models.classical",
-    "trainlab.models.gpt",
+    "trainlab.models.gpt", "trainlab.models.module",
     "trainlab.objectives.supervised", "trainlab.objectives.unsupervised", "trainlab.objectives.next_token",
     "trainlab.data.bundled", "trainlab.data.tabular", "trainlab.data.images", "trainlab.data.text",
 )

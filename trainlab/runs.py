@@ -14,14 +14,74 @@ from pathlib import Path
 from trainlab.errors import UserError
 
 
+LOCK = ".lock"  # in every run folder: held (flock) by the one process writing the folder, with its PID inside
+
+_held: dict[Path, int] = {}  # run folders this process holds: folder -> file descriptor of its lock
+
+
+def lock(run_dir: Path) -> None:
+    """Hold `run_dir` for this process until it exits (or `unlock`): a second trainlab process writing the same
+    folder gets one error naming the holder. Creates the folder; one that cannot be created or written is a
+    UserError before any work. Readers (eval, report) take no lock."""
+    import fcntl
+
+    run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    if key in _held:
+        return
+    hint = "choose a --run-dir you can write to"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileExistsError:
+        raise UserError(f"cannot create run folder {run_dir}: a file of that name is in the way", hint) from None
+    except NotADirectoryError:
+        raise UserError(f"cannot create run folder {run_dir}: a part of the path is a file, not a folder",
+                        hint) from None
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir} ({e.strerror or type(e).__name__})", hint) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"run folder {run_dir} is in use by another trainlab process (PID {holder})",
+                        "wait for it to finish, stop it, or choose another --run-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = fd
+
+
+def unlock(run_dir: Path) -> None:
+    fd = _held.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def is_empty(run_dir: Path) -> bool:
+    """No files but the lock: a folder a new run may use."""
+    return not run_dir.exists() or (run_dir.is_dir() and all(p.name == LOCK for p in run_dir.iterdir()))
+
+
 def new_run_dir(out_dir: str, name: str) -> Path:
-    """out_dir/name, or name-2, name-3, ... when taken: a new run never writes over an old one."""
+    """out_dir/name, or name-2, name-3, ... when taken: a new run never writes over an old one. The folder is
+    claimed (locked) before it is returned, so two runs started at once get two folders."""
     base = Path(out_dir)
-    d, n = base / name, 1
-    while d.exists() and any(d.iterdir()):
+    n = 1
+    while True:
+        d = base / (name if n == 1 else f"{name}-{n}")
         n += 1
-        d = base / f"{name}-{n}"
-    return d
+        if not is_empty(d) or d.resolve() in _held:  # in use, or claimed by this process for another run
+            continue
+        try:
+            lock(d)
+        except UserError:
+            if d.is_dir() and (d / LOCK).exists():
+                continue  # another run claimed it a moment ago
+            raise
+        if is_empty(d):
+            return d
+        unlock(d)  # filled between the look and the lock
 
 
 def latest_run_dir(out_dir: str, name: str) -> Path:
@@ -71,9 +131,17 @@ class RunWriter:
 
 
 def write_json(path: Path, obj: dict) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     """Write through a temporary file and rename, so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror or type(e).__name__})",
+                        "choose a path in a folder you can write to") from None
     os.replace(tmp, path)
 
 
@@ -82,29 +150,24 @@ def _jsonable(v):
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.is_file():
-        return []
-    out = []
-    for line in p.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a killed run
-    return out
+    """The well-formed rows of metrics.jsonl (damaged lines, e.g. the torn last line of a killed run, skipped;
+    trainlab.files.read_metrics also counts them)."""
+    from trainlab import files
+
+    return files.read_metrics(Path(run_dir) / "metrics.jsonl")[0]
 
 
 class MetricLog:
     """metrics.jsonl (one JSON object per logged point) plus TensorBoard events when tensorboard is installed."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool | str = "auto"):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None:
             # Drop what the interrupted run logged after its checkpoint: the resumed run logs it again.
             kept = [r for r in read_metrics(run_dir) if r["step"] <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.file = self.path.open("a")
-        self.tb = _tensorboard(run_dir)
+        self.tb = _tensorboard(run_dir, tensorboard)
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
         row = {"step": step, "split": split, "time": round(time.time(), 3), **metrics}
@@ -126,10 +189,17 @@ class _NoTensorBoard:
         pass
 
 
-def _tensorboard(run_dir: Path):
+def _tensorboard(run_dir: Path, wanted: bool | str = "auto"):
+    """run.tensorboard: True writes event files (and says once that it cannot when tensorboard is missing),
+    "auto" writes them when tensorboard is installed, False never."""
+    if wanted is False:
+        return _NoTensorBoard()
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # the `tensorboard` extra is not installed
+        if wanted is True:
+            print("warning: run.tensorboard = true but tensorboard is not installed, so no event files are written "
+                  "(metrics.jsonl has the same numbers); pip install 'trainlab[tensorboard]'", flush=True)
         return _NoTensorBoard()
     return SummaryWriter(str(run_dir / "tensorboard"))
 
@@ -144,6 +214,11 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+
+    def tick(self, step: int) -> None:
+        """Every step: the bar moves (tqdm redraws at most every 0.1 s); plain output waits for `update`."""
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from pathlib import Path
 
 from typing import Literal
@@ -53,10 +54,29 @@ def build_idx(cfg: IDXData):
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+def load_image(f: str | Path, size: int, grayscale: bool) -> np.ndarray:
+    """One image file as a (channels, size, size) float array in [0, 1]: the preprocessing of training and of
+    `trainlab predict`."""
+    from PIL import Image
+
+    try:
+        with Image.open(f) as im:
+            im = im.convert("L" if grayscale else "RGB").resize((size, size), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+    except Image.DecompressionBombError:  # not an OSError: PIL refuses images of more than ~179 M pixels
+        raise UserError(f"image {f} is too large to decode safely (a decompression bomb?)",
+                        "remove the file, or shrink it below 179 million pixels") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: unreadable, truncated or malformed files
+        raise UserError(f"cannot read image {f}: {_first_line(e)}", "remove or replace the file") from None
+    return a[None] if grayscale else a.transpose(2, 0, 1)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
 def load_image_folder(root: str, size: int, grayscale: bool) -> tuple[np.ndarray, np.ndarray, dict]:
     """root/<class name>/<image>: classes are the sub-folder names in sorted order; images resized to size x size."""
-    from PIL import Image, UnidentifiedImageError
-
     r = Path(root)
     if not r.is_dir():
         raise UserError(f"image folder {root} does not exist", "set data.path to a folder with one sub-folder per class")
@@ -68,13 +88,7 @@ def load_image_folder(root: str, size: int, grayscale: bool) -> tuple[np.ndarray
         for f in sorted((r / name).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("L" if grayscale else "RGB").resize((size, size), Image.BILINEAR)
-                    a = np.asarray(im, dtype=np.float32) / 255.0
-            except (OSError, UnidentifiedImageError) as e:
-                raise UserError(f"cannot read image {f}: {e}", "remove or replace the file") from None
-            xs.append(a[None] if grayscale else a.transpose(2, 0, 1))
+            xs.append(load_image(f, size, grayscale))
             ys.append(k)
     if not xs:
         raise UserError(f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})",
@@ -87,7 +101,11 @@ def read_idx(path: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"IDX file {path} does not exist", "check data.path / data.labels_path")
-    raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
+    try:
+        raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a cut gzip ends in EOFError
+        raise UserError(f"cannot read IDX file {path}: {_first_line(e)}",
+                        "give the file as it was downloaded (a .gz name must hold gzip data)") from None
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:
         raise UserError(f"{path} is not an IDX file (bad magic number)", "give MNIST-format IDX files")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainlab import config, data as data_lib, models, registry
+from trainlab import config, data as data_lib, files, models, registry
 from trainlab.errors import UserError
 from trainlab.eval import metrics as M
 from trainlab.runs import write_json
@@ -62,6 +62,7 @@ def evaluate_run(run_dir: str | Path, split: str = "val") -> dict:
     cfg = config.load_resolved(run_dir / "config.toml")
     model, info = models.load(run_dir / "model")
     data = data_lib.build(cfg.data)  # the same seeded split the run was trained on
+    files.check_fits(info, data.info, run_dir / "model")
     if info.get("task") == "language_modeling":
         out = evaluate_language_model(model, data, split)
         write_json(run_dir / f"eval_{split}.json", out)

@@ -4,7 +4,6 @@ folder (model.safetensors + config.json); `init_from` starts a model from a fini
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
@@ -32,25 +31,25 @@ def read_meta(model_dir: str | Path) -> dict:
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise UserError(f"{d} holds no trained model (model.safetensors + config.json)",
                         "train first, or give the run folder of a finished `trainlab train`")
+    from trainlab import files
+
+    meta = files.read_meta(d / "config.json").model_dump()
     try:
-        meta = json.loads((d / "config.json").read_text(encoding="utf-8"))
         table = config.table("model", meta["model"])
-    except (ValueError, KeyError, TypeError, config._TableInvalid) as e:
-        raise UserError(f"{d / 'config.json'} is damaged or not a trainlab model description ({type(e).__name__})",
-                        "retrain, or restore the file from the run that wrote it") from None
-    except UserError:
+    except (config._TableInvalid, UserError):
         try:  # written before the tables by kind: keep the keys of its own kind
             table = config.table("model", config.migrate({"model": meta["model"]})["model"])
         except (UserError, config._TableInvalid):
-            raise UserError(f"{d / 'config.json'} names a model this trainlab cannot build "
-                            f"(kind {meta['model'].get('kind')!r})", "retrain with this version") from None
+            raise UserError(f"{d / 'config.json'} describes a model this trainlab cannot build "
+                            f"(model.kind {meta['model'].get('kind')!r} with keys {sorted(meta['model'])})",
+                            "restore the file from the run that wrote it, or retrain with this version") from None
     return {**meta, "table": table}
 
 
 def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
     """(model in eval mode, info) from a run's model/ folder; a classical model comes back as its
     trainlab.models.classical wrapper."""
-    from safetensors.torch import load_model
+    from trainlab.checkpoint import load_weights
 
     d = Path(model_dir)
     meta = read_meta(d)
@@ -58,12 +57,16 @@ def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
         from trainlab.models import classical
 
         return classical.load(d), meta["info"]
-    model = build(meta["table"], meta["info"])
     try:
-        load_model(model, str(d / "model.safetensors"))
-    except Exception as e:  # safetensors raises several types for damaged files
-        raise UserError(f"{d / 'model.safetensors'} cannot be loaded ({_first_line(e)})",
-                        "the file is damaged or belongs to another model; retrain") from None
+        model = build(meta["table"], meta["info"])
+    except (KeyError, TypeError, ValueError, IndexError) as e:  # an info edited into something unbuildable
+        raise UserError(f"{d / 'config.json'} is damaged: its model cannot be built from it ({_first_line(e)})",
+                        "restore the file from the run that wrote it, or retrain") from None
+    try:
+        load_weights(model, d / "model.safetensors")
+    except ValueError as e:
+        raise UserError(f"{d / 'model.safetensors'} does not fit the model its config.json describes ({e})",
+                        "the file is damaged or belongs to another model; restore it or retrain") from None
     return model.eval(), meta["info"]
 
 

@@ -10,6 +10,7 @@ from pydantic import Field, PositiveInt
 from torch import nn
 
 from trainlab import registry
+from trainlab.errors import UserError
 from trainlab.config import NetworkTable
 
 
@@ -29,7 +30,15 @@ def build(cfg: MLPConfig, info: dict) -> nn.Module:
 
 def output_size(info: dict) -> int:
     """Class logits for classification, one value for regression (and for unlabeled data: nothing to predict)."""
-    return info["num_classes"] if info["task"] == "classification" else 1
+    if info["task"] != "classification":
+        return 1
+    if info["num_classes"] < 2:
+        names = info.get("class_names") or []
+        raise UserError(f"a classifier needs at least two classes; the data has {info['num_classes']}"
+                        + (f" ({names[0]!r})" if names else ""),
+                        "add the other classes (one sub-folder or label each), or train an unsupervised model "
+                        "(e.g. model.kind = 'autoencoder') on data of one class")
+    return info["num_classes"]
 
 
 class MLP(nn.Module):

@@ -1,0 +1,311 @@
+"""Using a trained run: `trainlab.load(RUN_DIR)` in Python, `trainlab predict RUN_DIR INPUT` on the command line.
+
+Inputs are raw, as a user has them: rows of numbers (lists, numpy arrays, pandas frames, dicts by column name,
+a CSV file), images (PIL images, image files, a folder of them), text. The run's own preprocessing is applied
+(the same code as training): CSV columns picked by the names the model was trained on, standardization with the
+training split's statistics, images resized and converted as in training, the run's tokenizer.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainlab import config, models, registry
+from trainlab.errors import UserError
+
+BATCH = 256
+
+
+class Predictor:
+    """A trained run, ready to predict. Attributes: `model` (the bare nn.Module, or the fitted scikit-learn
+    wrapper of a classical run), `info` (what the data was: task, input shape, classes, statistics), `config`
+    (the run's resolved recipe), `run_dir`; `tokenizer` for language models."""
+
+    def __init__(self, run_dir: str | Path, model: nn.Module | None = None):
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise UserError(f"run folder {run_dir} does not exist", "give the folder `trainlab train` printed")
+        self.config = config.load_resolved(self.run_dir / "config.toml")
+        if model is not None:
+            from trainlab.checkpoint import load_weights
+
+            meta = models.read_meta(self.run_dir / "model")
+            try:
+                load_weights(model, self.run_dir / "model" / "model.safetensors")
+            except ValueError as e:
+                raise UserError(f"the model you passed does not fit the weights in {self.run_dir}/model ({e})",
+                                "pass an instance of the class the run trained, built with the same sizes") from None
+            self.model, self.info = model.eval(), meta["info"]
+        else:
+            self.model, self.info = models.load(self.run_dir / "model")
+        self.task = self.info["task"]
+        self.class_names = list(self.info.get("class_names") or [])
+        self.tokenizer = None
+        if self.task == "language_modeling":
+            from trainlab.data import tokenizer as tok_lib
+
+            self.tokenizer = tok_lib.load(self.run_dir / "model" / "tokenizer.json")
+
+    # ----------------------------------------------------------------------------------------- predictions
+
+    def predict(self, inputs: Any) -> np.ndarray | list[str]:
+        """Class names (classification), values in the target's units (regression), cluster ids or codes
+        (unsupervised), continuations (language models: a prompt or a list of prompts)."""
+        if self.task == "language_modeling":
+            prompts = [inputs] if isinstance(inputs, str) else list(inputs)
+            return [self.generate(p) for p in prompts]
+        return self.predict_features(self.features(inputs))
+
+    def predict_features(self, x: torch.Tensor) -> np.ndarray | list[str]:
+        """`predict` on inputs already preprocessed by `features`."""
+        if not isinstance(self.model, nn.Module):  # a classical model: its clusters, else its embedding
+            flat = x.flatten(1).numpy()
+            clusters = self.model.clusters(flat)
+            return clusters if clusters is not None else self.model.embed(flat)
+        if registry.unsupervised(self.config.model.kind):
+            return self._batched(lambda b: self.model.encode(b)[0], x).numpy()
+        out = self._outputs(x)
+        if self.task == "classification":
+            idx = out.argmax(-1).numpy()
+            return np.array([self.class_names[i] for i in idx]) if self.class_names else idx
+        y = out.reshape(len(out), -1)[:, 0].numpy().astype(np.float64)
+        return y * self.info.get("y_std", 1.0) + self.info.get("y_mean", 0.0)
+
+    def predict_proba(self, inputs: Any) -> np.ndarray:
+        """(N, classes) probabilities of a classifier, columns in the order of `class_names`."""
+        if self.task != "classification":
+            raise UserError(f"predict_proba needs a classifier; this run's task is '{self.task}'", "use predict")
+        return self.proba_features(self.features(inputs))
+
+    def proba_features(self, x: torch.Tensor) -> np.ndarray:
+        return torch.softmax(self._outputs(x).float(), -1).numpy()
+
+    def anomaly_score(self, inputs: Any) -> np.ndarray:
+        """Reconstruction error per example (autoencoders, PCA), higher = stranger."""
+        x = self.features(inputs)
+        if isinstance(self.model, nn.Module):
+            if not hasattr(self.model, "decode"):
+                raise UserError("anomaly_score needs a model that reconstructs its input (autoencoder, vae, pca)",
+                                "use predict")
+            recon = self._batched(lambda b: self.model.decode(self.model.encode(b)[0]), x)
+            return ((recon.flatten(1) - x.flatten(1)) ** 2).mean(1).numpy()
+        score = self.model.score(x.flatten(1).numpy())
+        if score is None:
+            raise UserError(f"model.kind = '{self.config.model.kind}' gives no anomaly score", "use predict")
+        return score
+
+    def generate(self, prompt: str = "", max_new_tokens: int = 100, temperature: float = 0.8, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, stop: Iterable[str] = ()) -> str:
+        """A continuation of `prompt` by a language model (the text after the prompt)."""
+        if self.tokenizer is None:
+            raise UserError(f"generate needs a language model; this run's task is '{self.task}'", "use predict")
+        from trainlab.generate import generate_text
+
+        return "".join(generate_text(self.model, self.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
+                                     seed, tuple(stop), True))
+
+    # ---------------------------------------------------------------------------------------- preprocessing
+
+    def features(self, inputs: Any) -> torch.Tensor:
+        """Raw inputs -> the (N, *input_shape) float tensor the model was trained on (standardized)."""
+        if self.task == "language_modeling":
+            raise UserError("a language model takes text: use generate(prompt)", "call predictor.generate")
+        shape = list(self.info["input_shape"])
+        x = self._raw(inputs, shape)
+        size = math.prod(shape)
+        if list(x.shape) == shape or (x.ndim == 1 and len(x) == size):  # one example
+            x = x.reshape(1, *shape)
+        elif len(shape) == 3 and shape[0] == 1 and list(x.shape[-2:]) == shape[1:] and x.ndim in (2, 3):
+            x = x.reshape(-1, *shape)  # grayscale images given without their channel axis
+        elif x.ndim == 2 and x.shape[1] == size:
+            x = x.reshape(len(x), *shape)  # flattened examples
+        if list(x.shape[1:]) != shape:
+            raise UserError(f"the model takes inputs of shape {shape}; got {list(x.shape[1:])} per example",
+                            f"give rows of {size} numbers" if len(shape) == 1 else
+                            "give images (PIL images, files or a folder) or arrays of that shape")
+        if not np.isfinite(x).all():
+            raise UserError("the inputs have NaN or infinite values", "clean or impute them first")
+        if "x_mean" in self.info:
+            stat = (-1,) + (1,) * (len(shape) - 1) if len(shape) == 3 else (-1,)
+            mean = np.asarray(self.info["x_mean"], dtype=np.float32).reshape(stat)
+            std = np.asarray(self.info["x_std"], dtype=np.float32).reshape(stat)
+            x = (x - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _raw(self, inputs: Any, shape: list[int]) -> np.ndarray:
+        images = len(shape) == 3
+        if isinstance(inputs, (str, Path)):
+            p = Path(inputs)
+            if p.is_dir() or (images and p.suffix.lower() in _image_suffixes()):
+                return np.stack([self._image(f) for f in image_files(p)])
+            if p.suffix.lower() == ".csv" or p.is_file():
+                return self._csv_rows(read_csv(p))
+            raise UserError(f"{inputs} does not exist", "give a CSV file, an image file or a folder of images")
+        if _is_pil(inputs):
+            return self._image(inputs)[None]
+        if isinstance(inputs, (list, tuple)) and inputs and (_is_pil(inputs[0]) or isinstance(inputs[0], (str, Path))):
+            return np.stack([self._image(i) for i in inputs])
+        if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # a pandas DataFrame
+            header = [str(c) for c in inputs.columns]
+            return self._csv_rows((header, [list(map(str, r)) for r in inputs.to_numpy().tolist()]))
+        if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], dict):
+            names = self.info.get("feature_names") or []
+            missing = sorted({n for n in names for r in inputs if n not in r})
+            if missing:
+                raise UserError(f"rows given by column name lack {missing[:5]}", f"give every column of {names}")
+            return np.array([[float(r[n]) for n in names] for r in inputs], dtype=np.float32)
+        try:
+            x = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs, np.float32)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"cannot read the inputs as numbers ({str(e).splitlines()[0][:100]})",
+                            "give rows of numbers, images or a file") from None
+        return x.astype(np.float32)
+
+    def _image(self, item) -> np.ndarray:
+        from trainlab.data.images import load_image
+
+        c, h, _ = self.info["input_shape"]
+        if _is_pil(item):
+            import io
+
+            buf = io.BytesIO()
+            item.save(buf, format="PNG")
+            buf.seek(0)
+            item = buf
+        return load_image(item, h, grayscale=c == 1)
+
+    def _csv_rows(self, table: tuple[list[str], list[list[str]]]) -> np.ndarray:
+        header, body = table
+        names = self.info.get("feature_names") or []
+        if names and all(n in header for n in names):
+            cols = [header.index(n) for n in names]  # by name: extra columns (an id, the target) are ignored
+        elif len(header) == math.prod(self.info["input_shape"]) and not names:
+            cols = list(range(len(header)))
+        else:
+            raise UserError(f"the input's columns {header[:8]}{'...' if len(header) > 8 else ''} do not include the "
+                            f"model's features {names[:8]}", "give a CSV with the columns the model was trained on")
+        x = np.empty((len(body), len(cols)), dtype=np.float32)
+        for i, row in enumerate(body):
+            for j, c in enumerate(cols):
+                try:
+                    x[i, j] = float(row[c])
+                except (ValueError, IndexError):
+                    raise UserError(f"row {i + 2}, column '{header[c]}' holds {row[c] if c < len(row) else ''!r}, "
+                                    "not a number", "fix the value") from None
+        return x
+
+    # --------------------------------------------------------------------------------------------- running
+
+    @torch.no_grad()
+    def _batched(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fn(x[i:i + BATCH]).float() for i in range(0, len(x), BATCH)]) if len(x) else \
+            torch.empty(0)
+
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self._batched(self.model, x)
+
+
+def _is_pil(x) -> bool:
+    return type(x).__module__.startswith("PIL.")
+
+
+def _image_suffixes() -> set[str]:
+    from trainlab.data.images import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES
+
+
+def image_files(p: Path) -> list[Path]:
+    """An image file itself, or every image under a folder (sub-folders too: a class-per-folder tree), sorted."""
+    if p.is_file():
+        return [p]
+    found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in _image_suffixes()
+                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    if not found:
+        raise UserError(f"{p} holds no image files ({', '.join(sorted(_image_suffixes()))})", "give a folder of images")
+    return found
+
+
+def read_csv(p: Path) -> tuple[list[str], list[list[str]]]:
+    if not p.is_file():
+        raise UserError(f"{p} does not exist", "give a CSV file with a header row")
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read CSV file {p}: {str(e).splitlines()[0][:120]}",
+                        "give a UTF-8 CSV file with a header row") from None
+    if len(rows) < 2:
+        raise UserError(f"CSV file {p} has no data rows", "give a header row and at least one row of values")
+    return rows[0], rows[1:]
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def predict_command(run_dir: str, inputs: list[str], out: str | None, max_new_tokens: int = 100) -> str:
+    """`trainlab predict`: a CSV with one row per input (its name, the prediction, class probabilities),
+    written to `out` or returned for printing."""
+    import io
+
+    p = Predictor(run_dir)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if p.task == "language_modeling":
+        prompts = []
+        for item in inputs:
+            path = Path(item)
+            prompts += [line for line in _read_text(path).splitlines() if line.strip()] if path.is_file() else [item]
+        w.writerow(["prompt", "continuation"])
+        for prompt in prompts:
+            w.writerow([prompt, p.generate(prompt, max_new_tokens, temperature=0.0)])
+    else:
+        names, x = [], []
+        for item in inputs:
+            path = Path(item)
+            if len(p.info["input_shape"]) == 3 and (path.is_dir() or path.suffix.lower() in _image_suffixes()):
+                files = image_files(path)
+                names += [str(f) for f in files]
+                x.append(p.features([str(f) for f in files]))
+            else:
+                rows = p.features(path)
+                names += [f"{path.name}:{i + 2}" for i in range(len(rows))]  # file:line of the row
+                x.append(rows)
+        feats = torch.cat(x)
+        pred = p.predict_features(feats)
+        if p.task == "classification":
+            proba = p.proba_features(feats)
+            w.writerow(["input", "prediction", *[f"p_{c}" for c in (p.class_names or range(proba.shape[1]))]])
+            for n, c, pr in zip(names, pred, proba):
+                w.writerow([n, c, *[f"{v:.6f}" for v in pr]])
+        else:
+            arr = np.asarray(pred)
+            if arr.ndim == 2:
+                w.writerow(["input", *[f"z{i}" for i in range(arr.shape[1])]])
+                for n, row in zip(names, arr):
+                    w.writerow([n, *[f"{v:.6g}" for v in row]])
+            else:
+                w.writerow(["input", "prediction"])
+                for n, v in zip(names, arr):
+                    w.writerow([n, f"{v:.6g}" if isinstance(v, (float, np.floating)) else v])
+    text = buf.getvalue()
+    if out:
+        from trainlab.runs import write_text
+
+        write_text(Path(out), text)
+        return f"wrote {len(text.splitlines()) - 1} predictions to {out}"
+    return text.rstrip("\n")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} as UTF-8 text ({type(e).__name__})", "give a UTF-8 text file") from None
