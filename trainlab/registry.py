@@ -102,6 +102,9 @@ KEY = {"model": "model.kind", "objective": "objective.kind", "source": "data.sou
 
 def get(what: str, name: str) -> Entry:
     found = entries(what)
+    if not isinstance(name, str):
+        raise UserError(f"{KEY[what]} must be a string naming a registered {what}; got {name!r}"[:200],
+                        f"set {KEY[what]} to one of {', '.join(sorted(found))}")
     if name in found:
         return found[name]
     near = difflib.get_close_matches(str(name), list(found), n=1)

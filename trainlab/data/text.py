@@ -158,7 +158,15 @@ def documents(cfg: TextTable) -> tuple[list[tuple[str, str]], int]:
 def _jsonl_documents(cfg: TextTable) -> list[tuple[str, str]]:
     docs = []
     for f in user_files(_path(cfg)):
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:  # JSON is UTF-8 by definition: a file that is not cannot be read as rows
+            line = f.read_bytes()[:e.start].count(b"\n") + 1
+            raise UserError(f"{f} is not UTF-8 text (line {line}, byte {e.start})",
+                            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        except OSError as e:
+            raise UserError(f"cannot read {f} ({e.strerror or type(e).__name__})", "check data.path") from None
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
