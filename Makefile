@@ -29,7 +29,7 @@ demo: install
 test: install
 	$(PY) -m pytest tests
 
-test-fast: install  # the quick tier: no torchrun, SIGKILL or every-recipe runs
+test-fast: install  # the quick tier: no torchrun, SIGKILL, every-recipe or full-recipe quality runs
 	$(PY) -m pytest tests -m "not slow"
 
 clean:

@@ -15,10 +15,37 @@ def tiny(recipe: str = "digits-mlp", *overrides: str) -> config.Config:
     return config.load_recipe(recipe, ["loop.max_steps=12", "loop.eval_every=4", "loop.log_every=4", *overrides])
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "trainlab", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, process: bool = False) \
+        -> subprocess.CompletedProcess:
+    """`trainlab ARGS` as a user runs it: its exit status, stdout and stderr. By default through
+    `trainlab.cli.main` in this process (what the console script calls; a new process would spend seconds
+    importing torch for every call); `process=True` for what needs a process of its own (locks, signals)."""
+    if process:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "trainlab", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from trainlab import cli
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            except Exception:  # --debug re-raises: show what the console script would print
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["trainlab", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

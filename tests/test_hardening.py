@@ -168,10 +168,10 @@ def test_a_second_process_on_a_locked_run_folder_gets_one_error_naming_the_holde
     d = tmp_path / "run"
     runs.lock(d)
     try:
-        r = run_cli("train", "digits-mlp", "loop.max_steps=2", "--run-dir", str(d))
+        r = run_cli("train", "digits-mlp", "loop.max_steps=2", "--run-dir", str(d), process=True)
         assert r.returncode == 2, r.stderr
         assert r.stderr.count("\n") <= 2 and f"PID {os.getpid()}" in r.stderr
-        r = run_cli("train", "digits-mlp", "loop.max_steps=2", "--run-dir", str(d), "--resume")
+        r = run_cli("train", "digits-mlp", "loop.max_steps=2", "--run-dir", str(d), "--resume", process=True)
         assert r.returncode == 2
     finally:
         runs.unlock(d)

@@ -9,8 +9,9 @@ from trainlab import config, loop, registry
 from trainlab.eval import evaluate_run
 
 
-@pytest.mark.parametrize("recipe,metric,target", [("digits-cnn", "accuracy", 0.98),
-                                                  ("breast-cancer-mlp", "accuracy", 0.95)])
+@pytest.mark.parametrize("recipe,metric,target", [
+    pytest.param("digits-cnn", "accuracy", 0.98, marks=pytest.mark.slow),  # full runs: the whole suite's tier
+    ("breast-cancer-mlp", "accuracy", 0.95)])
 def test_classifiers_reach_their_test_accuracy(tmp_path, recipe, metric, target):
     with contextlib.redirect_stdout(io.StringIO()):
         loop.train(config.load_recipe(recipe), tmp_path / "r")
@@ -46,6 +47,7 @@ def test_anomaly_detection_reaches_roc_auc_0_9_on_the_held_out_class(tmp_path):
     assert result["metrics"]["roc_auc"] > result["baseline"]["roc_auc"]
 
 
+@pytest.mark.slow
 def test_vae_latent_clusters_are_compared_with_kmeans_on_raw_pixels(tmp_path):
     # The question, answered in every eval: the baseline column is k-means on the raw pixels.
     result = _fit("digits-vae", tmp_path / "r")

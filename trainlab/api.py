@@ -104,7 +104,11 @@ def train(recipe: str | Path | config.Config | dict = "digits-mlp", overrides: l
         found = ctx.broadcast(_attempt(pick_run_dir, cfg, run_dir, resume) if ctx.main else None)
         if isinstance(found, tuple):
             raise UserError(*found)
-        summary = loop.train(cfg, found, resume=resume, ctx=ctx, model=model, objective=objective)
+        try:
+            summary = loop.train(cfg, found, resume=resume, ctx=ctx, model=model, objective=objective)
+        finally:  # also after an error: a notebook can resume the folder at once
+            if ctx.main:
+                runs.unlock(found)
     return {**summary, "run_dir": str(found)}
 
 

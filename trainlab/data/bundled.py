@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from sklearn import datasets
 
 from trainlab import registry
 from trainlab.config import ArrayTable, ImageTable
@@ -44,6 +43,8 @@ def build_diabetes(cfg: BundledTable):
 
 
 def load_bundled(name: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    from sklearn import datasets  # imported on first use: `trainlab` starts (and reports a typo) fast
+
     if name == "digits":
         # 1,797 handwritten digits, 8x8 pixels with values 0..16, 10 classes.
         d = datasets.load_digits()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from trainlab.errors import UserError
 
@@ -15,6 +14,8 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int,
     if n - n_test - n_val < 1 or n_val < 1 or (test_fraction > 0 and n_test < 1):
         raise UserError(f"{n} examples are too few for val_fraction={val_fraction} and test_fraction={test_fraction}",
                         "add data, or change data.val_fraction / data.test_fraction")
+    from sklearn.model_selection import train_test_split  # imported on first use: start-up stays fast
+
     idx = np.arange(n)
     if stratify is not None and not _can_stratify(stratify, n_test, n_val):
         stratify = None  # a class with a single example cannot be split by class; fall back to plain shuffling

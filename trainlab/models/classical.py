@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
-from sklearn.neighbors import NearestNeighbors
 
 from typing import Literal
 
@@ -79,7 +78,7 @@ def _no_objective(cfg: NoObjective, info: dict):
 class Classical:
     def __init__(self, kind: str, arrays: dict[str, np.ndarray], params: dict):
         self.kind, self.arrays, self.params = kind, arrays, params
-        self._nn: NearestNeighbors | None = None
+        self._nn = None  # a fitted sklearn NearestNeighbors, made on first use
 
     # ------------------------------------------------------------------------------- what a fit gives
     def clusters(self, x: np.ndarray) -> np.ndarray | None:
@@ -125,7 +124,9 @@ class Classical:
     def num_parameters(self) -> int:
         return int(sum(a.size for a in self.arrays.values()))
 
-    def _neighbors(self, ref: np.ndarray, k: int) -> NearestNeighbors:
+    def _neighbors(self, ref: np.ndarray, k: int):
+        from sklearn.neighbors import NearestNeighbors  # scikit-learn is imported on first use: start-up stays fast
+
         if self._nn is None or self._nn.n_neighbors != k or self._nn.n_samples_fit_ != len(ref):
             self._nn = NearestNeighbors(n_neighbors=k).fit(ref)
         return self._nn
