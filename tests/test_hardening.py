@@ -193,6 +193,20 @@ def test_fresh_run_folders_are_claimed_atomically(tmp_path):
         child.wait()
 
 
+def test_eval_and_report_read_a_folder_while_a_run_holds_it(trained, tmp_path):
+    from trainlab.report import write_report
+
+    d = copy_of(trained, tmp_path)
+    runs.lock(d)  # a run is writing here: its lock is held, its last metrics line is half written
+    try:
+        with (d / "metrics.jsonl").open("a") as f:
+            f.write('{"step": 13, "split": "tra')
+        assert evaluate_run(d)["metrics"]["accuracy"] > 0
+        assert "1 damaged line" in write_report(d).read_text()
+    finally:
+        runs.unlock(d)
+
+
 @pytest.mark.parametrize("where", ["below-a-file", "proc"])
 def test_a_run_folder_that_cannot_be_created_fails_before_any_work(tmp_path, where):
     blocker = tmp_path / "file"
