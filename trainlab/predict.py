@@ -234,17 +234,9 @@ def image_files(p: Path) -> list[Path]:
 
 
 def read_csv(p: Path) -> tuple[list[str], list[list[str]]]:
-    if not p.is_file():
-        raise UserError(f"{p} does not exist", "give a CSV file with a header row")
-    try:
-        with p.open(newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"cannot read CSV file {p}: {str(e).splitlines()[0][:120]}",
-                        "give a UTF-8 CSV file with a header row") from None
-    if len(rows) < 2:
-        raise UserError(f"CSV file {p} has no data rows", "give a header row and at least one row of values")
-    return rows[0], rows[1:]
+    from trainlab.data.tabular import read_rows
+
+    return read_rows(p, "give a CSV file with a header row")
 
 
 # ------------------------------------------------------------------------------------------ the command

@@ -32,19 +32,25 @@ def build(cfg: CSVData):
     return from_arrays(cfg, *load_csv(cfg.path, cfg.target, cfg.task, cfg.ignore_columns))
 
 
-def load_csv(path: str, target: str, task: str, ignore: list[str] | tuple[str, ...] = ()) -> \
-        tuple[np.ndarray, np.ndarray, dict]:
+def read_rows(path: str | Path, missing_hint: str = "give the path of a CSV file") -> tuple[list[str], list[list[str]]]:
+    """The header and the non-empty rows of a UTF-8 CSV file (training and `trainlab predict` read it alike)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"CSV file {path} does not exist", "check data.path")
+        raise UserError(f"CSV file {path} does not exist", missing_hint)
     try:
         with p.open(newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"cannot read CSV file {path}: {e}", "give a UTF-8 CSV file with a header row") from None
+        raise UserError(f"cannot read CSV file {path}: {str(e).splitlines()[0][:120]}",
+                        "give a UTF-8 CSV file with a header row") from None
     if len(rows) < 2:
         raise UserError(f"CSV file {path} has no data rows", "give a header row and at least one row of values")
-    header, body = rows[0], rows[1:]
+    return rows[0], rows[1:]
+
+
+def load_csv(path: str, target: str, task: str, ignore: list[str] | tuple[str, ...] = ()) -> \
+        tuple[np.ndarray, np.ndarray, dict]:
+    header, body = read_rows(path, "check data.path")
     asked = target
     missing = [c for c in ignore if c not in header]
     if missing:
