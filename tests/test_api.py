@@ -161,7 +161,7 @@ def test_a_finished_run_is_extended_by_a_longer_resume(tmp_path):
     with pytest.raises(UserError, match="already at step 20"):
         loop.train(config.load_recipe("digits-mlp", [*SHORT[:-2], "loop.max_steps=8", "loop.eval_every=4",
                                                      "loop.log_every=4"]), d, resume=True)
-    with pytest.raises(UserError, match="optim.lr"):
+    with pytest.raises(UserError, match="differs from the run's config.toml in optim.lr$"):
         loop.train(config.load_recipe("digits-mlp", [*longer, "optim.lr=0.1"]), d, resume=True)
 
 
@@ -209,7 +209,8 @@ def test_recipes_print_themselves(tmp_path):
 @pytest.mark.parametrize("override,hint", [("optim.learning_rate=3", "optim.lr"),
                                            ("loop.eval_steps=5", "loop.eval_every"),
                                            ("loop.num_epochs=5", "loop.epochs"),
-                                           ("model.num_layers=2", "model.n_layer")])
+                                           ("model.num_layers=2", "model.n_layer"),
+                                           ("training.epochs=2", "loop.epochs"), ("lr=1e-3", "optim.lr")])
 def test_typos_and_other_tools_names_suggest_ours(override, hint):
     recipe = "stdlib-gpt" if override.startswith("model.") else "digits-mlp"
     with pytest.raises(UserError) as e:
@@ -217,11 +218,47 @@ def test_typos_and_other_tools_names_suggest_ours(override, hint):
     assert f"did you mean '{hint}'" in e.value.hint and "command-line override" in str(e.value)
 
 
+def test_errors_name_the_override_and_the_usual_first_mistakes():
+    with pytest.raises(UserError) as e:
+        config.load_recipe("digits-mlp", ["data.source=cvs"])
+    assert str(e.value).startswith("the command-line override 'data.source=cvs'") and "csv" in e.value.hint
+    with pytest.raises(UserError) as e:
+        config.load_recipe("my.csv")
+    assert "looks like data" in str(e.value) and "data.source=csv data.path=my.csv" in e.value.hint
+    with pytest.raises(UserError) as e:
+        config.load_recipe("digits-mlp", ["data.source=csv", "data.path=x.csv", "data.ignore_columns=id"])
+    assert "must be a list" in str(e.value) and '["a", "b"]' in e.value.hint
+
+
+def test_python_evaluate_integer_classes_and_inputs_far_from_the_training_data(tmp_path):
+    d = tmp_path / "r"
+    trainlab.train("digits-mlp", SHORT, model=Net(), run_dir=d)
+    p = trainlab.load(d, model=Net())
+    result = p.evaluate("test")  # `trainlab eval` cannot rebuild your own class; from Python it can
+    assert result["split"] == "test" and (d / "eval_test.json").is_file()
+    from sklearn.datasets import load_digits
+
+    got = p.predict(load_digits().images[:5] / 16.0)
+    assert got.dtype.kind == "i"  # labels 0..9 come back as integers, comparable with y
+    with pytest.warns(UserWarning, match="far from the training data"):
+        p.predict(load_digits().images[:5] * 100.0)
+
+
+def test_a_csv_with_missing_values_says_so(tmp_path):
+    from trainlab.data.tabular import load_csv
+
+    p = tmp_path / "m.csv"
+    p.write_text("a,b,label\n1,2,x\n3,,y\n4,5,x\n6,,y\n")
+    with pytest.raises(UserError, match="column 'b' .* has 2 empty cells \\(first: row 3\\)"):
+        load_csv(str(p), "label", "auto")
+
+
 def test_warnings_for_choices_that_are_probably_wrong(tmp_path, capsys):
     cfg = config.load_recipe("digits-mlp", ["loop.epochs=1", "data.val_fraction=0.1", "data.test_fraction=0.6"])
     loop.train(cfg, tmp_path / "r")
     out = capsys.readouterr().out
     assert "warning: the test split" in out and "warning: only" in out
+    assert "warning: schedule.warmup_steps (20) is not shorter than the run" in out  # one epoch is a few steps
 
 
 def test_tensorboard_asked_for_but_missing_is_said_once(tmp_path, capsys, monkeypatch):

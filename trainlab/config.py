@@ -243,8 +243,16 @@ def bundled_recipes() -> dict[str, Path]:
     return found
 
 
+DATA_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".txt": "text", ".md": "text", ".gz": "idx"}
+
+
 def find_recipe(name_or_path: str) -> Path:
     p = Path(name_or_path)
+    if p.suffix.lower() in DATA_SUFFIXES:  # a data file where the recipe goes: the usual first attempt
+        source = DATA_SUFFIXES[p.suffix.lower()]
+        base = {"csv": "digits-mlp", "idx": "digits-cnn"}.get(source, "stdlib-gpt")
+        raise UserError(f"{name_or_path} looks like data, not a recipe (a TOML file or a bundled recipe's name)",
+                        f"train a recipe on it: trainlab train {base} data.source={source} data.path={name_or_path}")
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
             raise UserError(f"recipe file {name_or_path} does not exist",
@@ -402,7 +410,12 @@ def validate(raw: dict, source: str = "recipe", overrides: dict[str, str] | None
     except _TableInvalid as e:
         raise _user_error(e.error, source, e.table, e.kind, overrides) from None
     except UserError as e:  # an unknown kind, or a pairing that cannot work
-        raise UserError(f"{source}: {e.message}", e.hint) from None
+        named = [item for key, item in (overrides or {}).items() if f"{key} = " in e.message]
+        raise UserError(f"{_override_source(named[0]) if named else source}: {e.message}", e.hint) from None
+
+
+def _override_source(item: str) -> str:
+    return f"the command-line override '{item}'"
 
 
 # Names other tools use for a key, and trainlab's: suggested when a recipe or override uses them.
@@ -438,14 +451,35 @@ def suggest(leaf: str, valid: list[str]) -> str | None:
     return best[2] if best[0] else None
 
 
+def _suggest_key(full: str) -> str | None:
+    """The valid dotted key meant by `full`, an unknown key of a fixed table (optim.learning_rate), a bare key
+    (lr) or a key under a table that does not exist (training.epochs, trainer.max_epochs)."""
+    keys = all_keys()
+    head, _, rest = full.partition(".")
+    peers = [k.partition(".")[2] for k in keys if k.startswith(head + ".")]
+    if rest and peers:
+        m = suggest(rest, peers)
+        return f"{head}.{m}" if m else None
+    leaves = {k.rpartition(".")[2]: k for k in reversed(keys)}  # a leaf's name -> its first dotted key
+    leaf = full.rpartition(".")[2]
+    if ALIASES.get(leaf) in leaves:
+        return leaves[ALIASES[leaf]]
+    m = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.75)
+    if m:
+        return leaves[m[0]]
+    m = difflib.get_close_matches(full, keys, n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
 def _user_error(e: ValidationError, source: str, table: str = "", kind: str = "",
                 overrides: dict[str, str] | None = None) -> UserError:
     from trainlab import registry
 
     err = e.errors()[0]
     key = ".".join([table] * bool(table) + [str(p) for p in err["loc"]])
-    if overrides and key in overrides:
-        source = f"the command-line override '{overrides[key]}'"
+    given = [item for k, item in (overrides or {}).items() if k == key or k.startswith(key + ".")]
+    if given:  # the key (or, for an unknown table, a key under it) came from the command line
+        source = _override_source(given[0])
     got = err.get("input")
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     what = f" for {table}.{KIND_KEY[table]} = '{kind}'" if table else ""
@@ -455,10 +489,8 @@ def _user_error(e: ValidationError, source: str, table: str = "", kind: str = ""
         if table:
             near = [m] if (m := suggest(leaf, valid)) else []
         else:  # a key of a fixed table (optim, loop, ...), or a table that does not exist
-            head, _, rest = key.partition(".")
-            peers = [k.partition(".")[2] for k in all_keys() if k.startswith(head + ".")]
-            near = [f"{head}.{m}"] if rest and (m := suggest(rest, peers)) else \
-                difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+            full = next((k for k in (overrides or {}) if k == key or k.startswith(key + ".")), key)
+            near = [m] if (m := _suggest_key(full)) else []
         owners = sorted(n for n, en in registry.entries(REGISTRY_OF[table]).items()
                         if leaf in {k for k, _, _ in table_keys(en.table)}) if table else []
         if near:
@@ -474,6 +506,9 @@ def _user_error(e: ValidationError, source: str, table: str = "", kind: str = ""
         return UserError(f"{source}: {msg}{more}", f"fix the [{table}] table" if table else "fix the recipe")
     if err["type"] == "missing":
         return UserError(f"{source}: '{key}' is required{what}{more}", f"set {key} in the recipe or with {key}=...")
+    if err["type"] == "list_type":  # `data.ignore_columns=id`: a list needs TOML's brackets and quotes
+        return UserError(f"{source}: '{key}' must be a list{what}; got {got!r}{more}",
+                         f"write it as TOML: '{key}=[\"a\", \"b\"]' (quoted for the shell)")
     return UserError(f"{source}: '{key}' {_expectation(msg)}{what}; got {got!r}{more}",
                      f"give {key}= a valid value" if overrides and key in overrides else
                      "fix the value in the recipe or override it with " + f"{key}=...")

@@ -136,9 +136,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     step, best, evals_since_best, wall_before, last_ckpt = 0, None, 0, 0.0, None
     if resume:
         saved = config.load_resolved(run_dir / "config.toml")
-        changed = config.diff(saved, cfg)
-        if any(k not in LENGTH_KEYS for k in changed):
-            raise UserError(f"--resume with a recipe that differs from the run's config.toml in {', '.join(changed)}",
+        # model.target / objective.target only record where your own class came from (a script, a module)
+        changed = [k for k in config.diff(saved, cfg) if k not in ("model.target", "objective.target")]
+        derived = {"loop.steps", "loop.eval_every", "loop.checkpoint_every"}  # follow from the length keys
+        other = [k for k in changed if k not in LENGTH_KEYS and not (k in derived and set(changed) & set(LENGTH_KEYS))]
+        if other:
+            raise UserError(f"resuming with a recipe that differs from the run's config.toml in {', '.join(other)}",
                             "resume with the same recipe and overrides (only the run's length, "
                             f"{', '.join(LENGTH_KEYS)}, may change), or start a new run")
         state = ctx.load_checkpoint(ckpt_root / "last", model, optimizer)
@@ -387,6 +390,9 @@ def _warnings(cfg: Config, data, plan) -> list[str]:
         notes.append(f"the test split ({sizes['test']:,}) is larger than the training split ({sizes['train']:,}); "
                      "check data.val_fraction and data.test_fraction")
     epochs = cfg.loop.steps * plan.global_batch / max(1, sizes.get("train", 0)) if data.unit == "ex" else 0
+    if cfg.schedule.warmup_steps >= cfg.loop.steps:
+        notes.append(f"schedule.warmup_steps ({cfg.schedule.warmup_steps}) is not shorter than the run "
+                     f"({cfg.loop.steps} steps): the learning rate never reaches optim.lr or decays")
     if data.unit == "ex" and cfg.loop.steps < 100 and epochs < 20 and not cfg.loop.max_steps:
         notes.append(f"only {cfg.loop.steps} optimizer steps ({epochs:.1f} passes over {sizes.get('train', 0):,} "
                      "training examples): likely too short to learn; raise loop.epochs or lower data.batch_size")

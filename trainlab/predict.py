@@ -43,7 +43,9 @@ class Predictor:
                 raise UserError(f"the model you passed does not fit the weights in {self.run_dir}/model ({e})",
                                 "pass an instance of the class the run trained, built with the same sizes") from None
             self.model, self.info = model.eval(), meta["info"]
+            self._own = True
         else:
+            self._own = False
             self.model, self.info = models.load(self.run_dir / "model")
         self.task = self.info["task"]
         self.class_names = list(self.info.get("class_names") or [])
@@ -74,7 +76,9 @@ class Predictor:
         out = self._outputs(x)
         if self.task == "classification":
             idx = out.argmax(-1).numpy()
-            return np.array([self.class_names[i] for i in idx]) if self.class_names else idx
+            if not self.class_names or self.class_names == [str(i) for i in range(len(self.class_names))]:
+                return idx  # the labels were the integers 0..K-1: give them back as integers
+            return np.array([self.class_names[i] for i in idx])
         y = out.reshape(len(out), -1)[:, 0].numpy().astype(np.float64)
         return y * self.info.get("y_std", 1.0) + self.info.get("y_mean", 0.0)
 
@@ -86,6 +90,13 @@ class Predictor:
 
     def proba_features(self, x: torch.Tensor) -> np.ndarray:
         return torch.softmax(self._outputs(x).float(), -1).numpy()
+
+    def evaluate(self, split: str = "test") -> dict:
+        """`trainlab eval` from Python: the model's metrics on the run's own `split`, beside a baseline (also
+        written to eval_<split>.json). Works for runs of your own module too."""
+        from trainlab.eval import evaluate_run
+
+        return evaluate_run(self.run_dir, split, model=(self.model, self.info) if self._own else None)
 
     def anomaly_score(self, inputs: Any) -> np.ndarray:
         """Reconstruction error per example (autoencoders, PCA), higher = stranger."""
@@ -137,6 +148,12 @@ class Predictor:
             mean = np.asarray(self.info["x_mean"], dtype=np.float32).reshape(stat)
             std = np.asarray(self.info["x_std"], dtype=np.float32).reshape(stat)
             x = (x - mean) / std
+            far = float(np.median(np.abs(x)))
+            if far > 3:  # half the values beyond 3 standard deviations: typical inputs sit well within
+                import warnings
+
+                warnings.warn(f"these inputs are far from the training data (median {far:.0f} standard deviations "
+                              "from its mean): check their units and scaling", stacklevel=3)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
     def _raw(self, inputs: Any, shape: list[int]) -> np.ndarray:
@@ -189,8 +206,11 @@ class Predictor:
         elif len(header) == math.prod(self.info["input_shape"]) and not names:
             cols = list(range(len(header)))
         else:
-            raise UserError(f"the input's columns {header[:8]}{'...' if len(header) > 8 else ''} do not include the "
-                            f"model's features {names[:8]}", "give a CSV with the columns the model was trained on")
+            lacking = [n for n in names if n not in header]
+            raise UserError(f"the input lacks {_listing(lacking) if names else 'nothing by name, but has '}"
+                            + ("" if names else f"{len(header)} columns for {math.prod(self.info['input_shape'])} "
+                               "features") + f"; the model's features are {_listing(names)}",
+                            "give a CSV with the columns the model was trained on (extra columns are ignored)")
         x = np.empty((len(body), len(cols)), dtype=np.float32)
         for i, row in enumerate(body):
             for j, c in enumerate(cols):
@@ -210,6 +230,10 @@ class Predictor:
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
         return self._batched(self.model, x)
+
+
+def _listing(names: list[str], most: int = 12) -> str:
+    return str(names) if len(names) <= most else f"{names[:most - 2]} ... and {len(names) - most + 2} more"
 
 
 def _is_pil(x) -> bool:
@@ -262,7 +286,13 @@ def predict_command(run_dir: str, inputs: list[str], out: str | None, max_new_to
         names, x = [], []
         for item in inputs:
             path = Path(item)
-            if len(p.info["input_shape"]) == 3 and (path.is_dir() or path.suffix.lower() in _image_suffixes()):
+            if len(p.info["input_shape"]) == 3:
+                if not path.exists():
+                    raise UserError(f"{item} does not exist", "give image files or folders of images")
+                if not path.is_dir() and path.suffix.lower() not in _image_suffixes():
+                    raise UserError(f"this model takes images; {item} is not an image file "
+                                    f"({', '.join(sorted(_image_suffixes()))}) or a folder",
+                                    "give image files or folders of images")
                 files = image_files(path)
                 names += [str(f) for f in files]
                 x.append(p.features([str(f) for f in files]))

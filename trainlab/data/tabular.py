@@ -83,6 +83,12 @@ def load_csv(path: str, target: str, task: str, ignore: list[str] | tuple[str, .
             try:
                 x[i, j] = float(r[c])
             except ValueError:
+                if not r[c].strip():  # a missing value: trainlab does not impute
+                    empty = sum(not row[c].strip() for row in body)
+                    raise UserError(f"column '{header[c]}' of {path} has {empty} empty cell{'s' * (empty > 1)} (first: "
+                                    f"row {i + 2}); missing values are not filled in",
+                                    "impute them (e.g. the column's median) or drop those rows before training, or "
+                                    f"leave the column out with 'data.ignore_columns=[\"{header[c]}\"]'") from None
                 hint = f"encode it as numbers, or leave it out with 'data.ignore_columns=[\"{header[c]}\"]'"
                 if header[c] == asked:  # task = "unlabeled" with a target: the target counts as a feature
                     hint = ("to score clusters against its labels, drop data.task=unlabeled (the target is kept "

@@ -55,12 +55,14 @@ def evaluate_language_model(model, data, split: str) -> dict:
             "baseline": {"name": "unigram token frequencies of the training split", **lm(base)}}
 
 
-def evaluate_run(run_dir: str | Path, split: str = "val") -> dict:
+def evaluate_run(run_dir: str | Path, split: str = "val", model: tuple | None = None) -> dict:
+    """The run's model on its own `split` beside a baseline, written to eval_<split>.json. `model`: (module,
+    info) already loaded (trainlab.load of a run of your own module), instead of rebuilding it from model/."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist", "give the folder `trainlab train` printed")
     cfg = config.load_resolved(run_dir / "config.toml")
-    model, info = models.load(run_dir / "model")
+    model, info = model if model is not None else models.load(run_dir / "model")
     data = data_lib.build(cfg.data)  # the same seeded split the run was trained on
     files.check_fits(info, data.info, run_dir / "model")
     if info.get("task") == "language_modeling":
@@ -109,8 +111,10 @@ def format_table(result: dict) -> str:
         cm = m["confusion_matrix"]
         w = max(4, len(str(max(max(r) for r in cm))) + 1)
         lines.append("")
-        lines.append("confusion matrix (rows: true class, columns: predicted)")
-        lines.append(" " * 8 + "".join(f"{str(i)[:w - 1]:>{w}}" for i in range(len(cm))))
+        names = list(m["per_class"]) if len(m["per_class"]) == len(cm) else [str(i) for i in range(len(cm))]
+        lines.append("confusion matrix (rows: true class, columns: predicted, in the same order)")
+        lines.append(" " * 12 + "".join(f"{str(i)[:w - 1]:>{w}}" for i in range(len(cm))))
         for i, row in enumerate(cm):
-            lines.append(f"{str(i):>7} " + "".join(f"{v:>{w}}" for v in row))
+            label = f"{i:>2} {names[i][:8]:>8}" if names[i] != str(i) else f"{i:>11}"  # a name beside its number
+            lines.append(f"{label} " + "".join(f"{v:>{w}}" for v in row))
     return "\n".join(lines)
