@@ -62,8 +62,11 @@ def test_default_run_folders_are_numbered_not_overwritten(tmp_path):
         assert run_cli("train", "digits-mlp", "loop.max_steps=2", cwd=tmp_path).returncode == 0
     assert (tmp_path / "runs/digits-mlp/summary.json").is_file()
     assert (tmp_path / "runs/digits-mlp-2/summary.json").is_file()
-    r = run_cli("train", "digits-mlp", "loop.max_steps=4", "--resume", cwd=tmp_path)  # the latest run
-    assert r.returncode == 2 and "differs" in r.stderr  # max_steps changed: refused, not silently mixed
+    r = run_cli("train", "digits-mlp", "loop.max_steps=2", "optim.lr=0.1", "--resume", cwd=tmp_path)
+    assert r.returncode == 2 and "differs" in r.stderr  # another recipe: refused, not silently mixed
+    r = run_cli("train", "digits-mlp", "loop.max_steps=4", "--resume", cwd=tmp_path)  # a longer run: extended
+    assert r.returncode == 0 and "resuming runs/digits-mlp-2, the latest run" in r.stdout
+    assert json.loads((tmp_path / "runs/digits-mlp-2/summary.json").read_text())["steps"] == 4
 
 
 def test_eval_json_and_classification_metrics(tmp_path):

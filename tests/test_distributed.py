@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from trainlab import checkpoint, config, loop, models
+from trainlab import checkpoint, config, loop, models, runs
+from trainlab.errors import UserError
 from tests.conftest import run_cli
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -222,6 +223,17 @@ def _kill_after_first_checkpoint(args: list[str], run_dir: Path) -> None:
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     while any(Path(f"/proc/{pid}").exists() and "zombie" not in _status(pid) for pid in workers):
         time.sleep(0.01)
+    # Anything the workers started dies with them; until then it may hold the run folder's lock.
+    deadline = time.time() + 30
+    while True:
+        try:
+            runs.lock(run_dir)
+            runs.unlock(run_dir)
+            return
+        except UserError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _status(pid: int) -> str:

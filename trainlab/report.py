@@ -167,6 +167,10 @@ def _fit_section(verdict: FitVerdict, exported: int | None, key: str = "loss") -
             late = [late[i] for i in np.unique(np.linspace(0, len(late) - 1, 12).round().astype(int))]
         md += [f"| {s} | {t:.4g} | {v:.4g} | {v - t:+.4g} |" for s, t, v in late]
         md.append("")
+        if len(late) < len(verdict.late):
+            md.append(f"{len(late)} of the {len(verdict.late)} points, evenly spaced. ")
+        md.append("The percentages are the change along a line fitted through all the points, which a noisy "
+                  "first or last point does not move much.")
         md.append("Training losses are averaged over the batches seen while training (with dropout and "
                   "augmentation, if any); their trend, not their level, is what the verdict uses.")
     if verdict.kind == "overfitting" and verdict.points:

@@ -14,7 +14,7 @@ from pathlib import Path
 from trainlab.errors import UserError
 
 
-LOCK = ".lock"  # in every run folder: held (flock) by the one process writing the folder, with its PID inside
+LOCK = ".lock"  # in every run folder: locked by the one process writing the folder, with its PID inside
 
 _held: dict[Path, int] = {}  # run folders this process holds: folder -> file descriptor of its lock
 
@@ -41,7 +41,9 @@ def lock(run_dir: Path) -> None:
     except OSError as e:
         raise UserError(f"cannot create run folder {run_dir} ({e.strerror or type(e).__name__})", hint) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A POSIX record lock (lockf), not flock: processes forked by the run (data or compile workers) do not
+        # inherit it, so it ends with the run's own process; it also works over NFS with a lock daemon.
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
         os.close(fd)
@@ -55,7 +57,7 @@ def lock(run_dir: Path) -> None:
 def unlock(run_dir: Path) -> None:
     fd = _held.pop(Path(run_dir).resolve(), None)
     if fd is not None:
-        os.close(fd)  # closing the descriptor releases the flock
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def is_empty(run_dir: Path) -> bool:
