@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from trainlab.errors import UserError
+from trainlab.errors import UserError, first_line
 
 WEIGHTS, STATE, SHARDS = "model.safetensors", "state.pt", "shards"
 
@@ -148,6 +148,3 @@ def load_weights(model: nn.Module, path: Path) -> None:
         raise ValueError("; ".join(parts))
     model.load_state_dict({**saved, **{k: own[k] for k in tied}}, strict=True)
 
-
-def first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -38,7 +38,7 @@ from torch import nn
 
 from trainlab import checkpoint, files
 from trainlab.config import LoopConfig
-from trainlab.errors import UserError
+from trainlab.errors import UserError, first_line
 from trainlab.objectives import LossModule, Objective
 
 
@@ -279,7 +279,7 @@ class Dist:
             _dcp("load", want, checkpoint_id=path / checkpoint.SHARDS, no_dist=self.world == 1)
         except (Exception, CheckpointException) as e:  # damaged shards, or a model that does not fit them
             raise UserError(f"sharded checkpoint {path.resolve()} is corrupt or does not fit the model "
-                            f"({checkpoint.first_line(e)})",
+                            f"({first_line(e)})",
                             "delete the run folder to start over, or resume a run with an intact checkpoint") from None
         sd.set_model_state_dict(model, want["model"])
         if optimizer is not None:

@@ -15,3 +15,9 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of a library's exception message (or its type's name): for our one-line errors, which
+    never paste a library's multi-line text."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainlab.errors import UserError
+from trainlab.errors import UserError, first_line
 
 
 class _Schema(BaseModel):
@@ -143,7 +143,7 @@ def read_state(path: Path, need_optimizer: bool = False, loop_state: bool = True
                             "only those and does not open it", hint) from None
         raise UserError(f"{path} is damaged: not a checkpoint state (its pickle data is invalid)", hint) from None
     except Exception as e:  # truncated zip, flipped bytes: torch raises several types
-        raise UserError(f"{path} is damaged: not a checkpoint state ({_first_line(e)})", hint) from None
+        raise UserError(f"{path} is damaged: not a checkpoint state ({first_line(e)})", hint) from None
     if not isinstance(state, dict):
         raise UserError(f"{path} is damaged: it holds a {type(state).__name__}, not a checkpoint state", hint)
     try:
@@ -173,7 +173,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, path: Path) ->
                                          f"{tuple(p.shape)}")
         optimizer.load_state_dict(saved)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
-        raise UserError(f"the optimizer state in {path} does not fit this model ({_first_line(e)})", hint) from None
+        raise UserError(f"the optimizer state in {path} does not fit this model ({first_line(e)})", hint) from None
 
 
 def restore(what: str, path: Path, fn, *args) -> Any:
@@ -182,7 +182,7 @@ def restore(what: str, path: Path, fn, *args) -> Any:
     try:
         return fn(*args)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
-        raise UserError(f"{path} is damaged: its {what} cannot be restored ({_first_line(e)})",
+        raise UserError(f"{path} is damaged: its {what} cannot be restored ({first_line(e)})",
                         "resume from an intact checkpoint, or delete the run folder to start over") from None
 
 
@@ -235,6 +235,3 @@ def check_fits(built_for: dict, data: dict, where: str) -> None:
                         f"now ({'; '.join(problems)})",
                         "restore the run's config.toml, or evaluate the model on the data it was trained on")
 
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]

@@ -16,7 +16,7 @@ from pydantic import PositiveInt
 
 from trainlab import registry
 from trainlab.config import ImageTable
-from trainlab.errors import UserError
+from trainlab.errors import UserError, first_line
 
 
 class ImageFolderData(ImageTable):
@@ -67,12 +67,9 @@ def load_image(f: str | Path, size: int, grayscale: bool) -> np.ndarray:
         raise UserError(f"image {f} is too large to decode safely (a decompression bomb?)",
                         "remove the file, or shrink it below 179 million pixels") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL: unreadable, truncated or malformed files
-        raise UserError(f"cannot read image {f}: {_first_line(e)}", "remove or replace the file") from None
+        raise UserError(f"cannot read image {f}: {first_line(e)}", "remove or replace the file") from None
     return a[None] if grayscale else a.transpose(2, 0, 1)
 
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 def load_image_folder(root: str, size: int, grayscale: bool) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -104,7 +101,7 @@ def read_idx(path: str) -> np.ndarray:
     try:
         raw = (gzip.open if p.suffix == ".gz" else open)(p, "rb").read()
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a cut gzip ends in EOFError
-        raise UserError(f"cannot read IDX file {path}: {_first_line(e)}",
+        raise UserError(f"cannot read IDX file {path}: {first_line(e)}",
                         "give the file as it was downloaded (a .gz name must hold gzip data)") from None
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in dtypes:

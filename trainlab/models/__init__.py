@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from trainlab import config, registry
-from trainlab.errors import UserError
+from trainlab.errors import UserError, first_line
 
 
 def build(cfg: config.ModelTable, info: dict) -> nn.Module:
@@ -60,7 +60,7 @@ def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
     try:
         model = build(meta["table"], meta["info"])
     except (KeyError, TypeError, ValueError, IndexError) as e:  # an info edited into something unbuildable
-        raise UserError(f"{d / 'config.json'} is damaged: its model cannot be built from it ({_first_line(e)})",
+        raise UserError(f"{d / 'config.json'} is damaged: its model cannot be built from it ({first_line(e)})",
                         "restore the file from the run that wrote it, or retrain") from None
     try:
         load_weights(model, d / "model.safetensors")
@@ -69,9 +69,6 @@ def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
                         "the file is damaged or belongs to another model; restore it or retrain") from None
     return model.eval(), meta["info"]
 
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
 
 
 # ------------------------------------------------------------------------------------------ init_from
@@ -127,7 +124,7 @@ def load_initial_weights(model: nn.Module, init_from: str, skip: list[str]) -> l
     try:
         saved = load_file(str(path))
     except Exception as e:
-        raise UserError(f"{path} cannot be read ({_first_line(e)})", "the file is damaged; retrain that run") from None
+        raise UserError(f"{path} cannot be read ({first_line(e)})", "the file is damaged; retrain that run") from None
     own = model.state_dict()
 
     def skipped(name: str) -> bool:
