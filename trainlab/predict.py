@@ -163,7 +163,7 @@ class Predictor:
             if p.is_dir() or (images and p.suffix.lower() in _image_suffixes()):
                 return np.stack([self._image(f) for f in image_files(p)])
             if p.suffix.lower() == ".csv" or p.is_file():
-                return self._csv_rows(read_csv(p))
+                return self._csv_rows(read_csv(p), str(p))
             raise UserError(f"{inputs} does not exist", "give a CSV file, an image file or a folder of images")
         if _is_pil(inputs):
             return self._image(inputs)[None]
@@ -198,28 +198,24 @@ class Predictor:
             item = buf
         return load_image(item, h, grayscale=c == 1)
 
-    def _csv_rows(self, table: tuple[list[str], list[list[str]]]) -> np.ndarray:
+    def _csv_rows(self, table: tuple[list[str], list[list[str]]], source: str = "the input") -> np.ndarray:
         header, body = table
         names = self.info.get("feature_names") or []
         if names and all(n in header for n in names):
             cols = [header.index(n) for n in names]  # by name: extra columns (an id, the target) are ignored
         elif len(header) == math.prod(self.info["input_shape"]) and not names:
             cols = list(range(len(header)))
-        else:
+        elif names:
             lacking = [n for n in names if n not in header]
-            raise UserError(f"the input lacks {_listing(lacking) if names else 'nothing by name, but has '}"
-                            + ("" if names else f"{len(header)} columns for {math.prod(self.info['input_shape'])} "
-                               "features") + f"; the model's features are {_listing(names)}",
-                            "give a CSV with the columns the model was trained on (extra columns are ignored)")
-        x = np.empty((len(body), len(cols)), dtype=np.float32)
-        for i, row in enumerate(body):
-            for j, c in enumerate(cols):
-                try:
-                    x[i, j] = float(row[c])
-                except (ValueError, IndexError):
-                    raise UserError(f"row {i + 2}, column '{header[c]}' holds {row[c] if c < len(row) else ''!r}, "
-                                    "not a number", "fix the value") from None
-        return x
+            raise UserError(f"the input lacks the model's features {_listing(lacking)} (its columns: "
+                            f"{_listing(header)})", "give a CSV with the columns the model was trained on (extra "
+                            "columns are ignored)")
+        else:
+            raise UserError(f"the input has {len(header)} columns; the model takes "
+                            f"{math.prod(self.info['input_shape'])} features", "give one column per feature")
+        from trainlab.data.tabular import numeric_columns
+
+        return numeric_columns(source, header, body, cols).astype(np.float32)
 
     # --------------------------------------------------------------------------------------------- running
 

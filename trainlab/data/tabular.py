@@ -68,17 +68,29 @@ def load_csv(path: str, target: str, task: str, ignore: list[str] | tuple[str, .
     elif target not in header:
         raise UserError(f"target column '{target}' is not in {path}; its columns are {header}", "set data.target")
     t = header.index(target) if target else -1
-    for i, r in enumerate(body):
-        if len(r) != len(header):
-            raise UserError(f"{path} row {i + 2} has {len(r)} values, the header has {len(header)}",
-                            "fix the row so every row has one value per column")
     features = [c for c in kept if c != t]
     if not features:
         raise UserError(f"no feature column is left in {path}: its columns are {header}"
                         + (f", '{target}' is the target" if target else "") + f", {list(ignore)} are ignored",
                         "keep at least one numeric column besides the target")
-    x = np.empty((len(body), len(features)), dtype=np.float64)
-    for j, c in enumerate(features):
+    x = numeric_columns(path, header, body, features, asked)
+    names = [header[c] for c in features]
+    if t < 0:
+        return x, np.full(len(body), -1), {"task": "unlabeled", "feature_names": names}
+    labels = [r[t] for r in body]
+    y, inferred = _target(labels, task)
+    return x, y, {"task": inferred, "feature_names": names}
+
+
+def numeric_columns(path, header: list[str], body: list[list[str]], cols: list[int], asked: str = "") -> np.ndarray:
+    """The columns `cols` of a CSV's rows as numbers, (rows, len(cols)) float64; a short row, an empty cell or
+    text is one error naming the row and column (training and `trainlab predict` read CSVs alike)."""
+    for i, r in enumerate(body):
+        if len(r) != len(header):
+            raise UserError(f"{path} row {i + 2} has {len(r)} values, the header has {len(header)}",
+                            "fix the row so every row has one value per column")
+    x = np.empty((len(body), len(cols)), dtype=np.float64)
+    for j, c in enumerate(cols):
         for i, r in enumerate(body):
             try:
                 x[i, j] = float(r[c])
@@ -87,20 +99,15 @@ def load_csv(path: str, target: str, task: str, ignore: list[str] | tuple[str, .
                     empty = sum(not row[c].strip() for row in body)
                     raise UserError(f"column '{header[c]}' of {path} has {empty} empty cell{'s' * (empty > 1)} (first: "
                                     f"row {i + 2}); missing values are not filled in",
-                                    "impute them (e.g. the column's median) or drop those rows before training, or "
-                                    f"leave the column out with 'data.ignore_columns=[\"{header[c]}\"]'") from None
+                                    "impute them (e.g. the column's median) or drop those rows, or leave the column "
+                                    f"out with 'data.ignore_columns=[\"{header[c]}\"]'") from None
                 hint = f"encode it as numbers, or leave it out with 'data.ignore_columns=[\"{header[c]}\"]'"
                 if header[c] == asked:  # task = "unlabeled" with a target: the target counts as a feature
                     hint = ("to score clusters against its labels, drop data.task=unlabeled (the target is kept "
                             f"aside as labels); or leave it out with 'data.ignore_columns=[\"{header[c]}\"]'")
                 raise UserError(f"column '{header[c]}' of {path} is not numeric: row {i + 2} holds {r[c]!r}",
                                 hint) from None
-    names = [header[c] for c in features]
-    if t < 0:
-        return x, np.full(len(body), -1), {"task": "unlabeled", "feature_names": names}
-    labels = [r[t] for r in body]
-    y, inferred = _target(labels, task)
-    return x, y, {"task": inferred, "feature_names": names}
+    return x
 
 
 def _target(labels: list[str], task: str) -> tuple[np.ndarray, str]:
