@@ -39,11 +39,13 @@ def recipe_config(recipe: str | Path | config.Config | dict, overrides=(), model
                   objective: Any = None) -> config.Config:
     """The validated config of `recipe` (a bundled name, a TOML path, a Config or a dict of tables) with
     `overrides` ("key.sub=value"); with your own `model`/`objective`, [model]/[objective] record them."""
+    from trainlab import registry
     from trainlab.models.module import qualified_name
 
     if isinstance(recipe, (str, Path)):
-        raw = None
         cfg = config.load_recipe(str(recipe), list(overrides))
+    elif isinstance(recipe, config.Config) and not overrides:
+        cfg = recipe  # already validated (the command line's path)
     else:
         raw = recipe.model_dump(mode="json") if isinstance(recipe, config.Config) else dict(recipe)
         for item in overrides:
@@ -63,8 +65,8 @@ def recipe_config(recipe: str | Path | config.Config | dict, overrides=(), model
             raise UserError(f"objective= must have a loss(model, batch) method or be a function (model, batch) -> "
                             f"loss; got {type(objective).__name__}", "see trainlab.objectives.Objective")
         raw["objective"] = {"kind": "custom", "target": qualified_name(objective)}
-    elif model is not None and raw["objective"]["kind"] not in ("supervised", "next_token", "reconstruction", "elbo"):
-        raw["objective"] = {"kind": "auto"}
+    elif model is not None and registry.fitted(cfg.model.kind):
+        raw["objective"] = {"kind": "auto"}  # a fitted recipe's placeholder objective trains nothing
     return config.validate(raw, source="trainlab.train")
 
 

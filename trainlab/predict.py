@@ -163,7 +163,9 @@ class Predictor:
             if p.is_dir() or (images and p.suffix.lower() in _image_suffixes()):
                 return np.stack([self._image(f) for f in image_files(p)])
             if p.suffix.lower() == ".csv" or p.is_file():
-                return self._csv_rows(read_csv(p), str(p))
+                from trainlab.data.tabular import read_rows
+
+                return self._csv_rows(read_rows(p, "give a CSV file with a header row"), str(p))
             raise UserError(f"{inputs} does not exist", "give a CSV file, an image file or a folder of images")
         if _is_pil(inputs):
             return self._image(inputs)[None]
@@ -251,12 +253,6 @@ def image_files(p: Path) -> list[Path]:
     if not found:
         raise UserError(f"{p} holds no image files ({', '.join(sorted(_image_suffixes()))})", "give a folder of images")
     return found
-
-
-def read_csv(p: Path) -> tuple[list[str], list[list[str]]]:
-    from trainlab.data.tabular import read_rows
-
-    return read_rows(p, "give a CSV file with a header row")
 
 
 # ------------------------------------------------------------------------------------------ the command
