@@ -93,13 +93,19 @@ def test_char_tokenizer_keeps_its_own_format_and_old_files_load(tmp_path, monkey
     char = tok_lib.train_tokenizer("char", iter(["abc déf\n"]), 0)
     tok_lib.save(char, tmp_path / "c.json")
     raw = json.loads((tmp_path / "c.json").read_text(encoding="utf-8"))
-    assert raw == {"trainlab_tokenizer": "char", "chars": sorted(set("abc déf\n"))}
-    # As an older trainlab wrote it under a Latin-1 locale, read under that locale: still loads.
-    (tmp_path / "old.json").write_bytes(json.dumps(raw, ensure_ascii=False).encode("latin-1"))
+    assert raw == {"trainlab_tokenizer": "char", "chars": sorted(set("abc déf\n")),
+                   "specials": tok_lib.SPECIAL_TOKENS + [tok_lib.PAD, tok_lib.MASK]}
+    assert char.pad_id == 5 and char.mask_id == 6
+    # As an older trainlab wrote it (five specials implied, no padding or mask token) under a Latin-1 locale,
+    # read under that locale: still loads, with its own ids.
+    old = {"trainlab_tokenizer": "char", "chars": raw["chars"]}
+    (tmp_path / "old.json").write_bytes(json.dumps(old, ensure_ascii=False).encode("latin-1"))
     import locale
 
     monkeypatch.setattr(locale, "getpreferredencoding", lambda do_setlocale=True: "latin-1")
-    assert tok_lib.load(tmp_path / "old.json").encode("déf") == char.encode("déf")
+    again = tok_lib.load(tmp_path / "old.json")
+    assert again.encode("déf") == [i - 2 for i in char.encode("déf")]
+    assert again.mask_id is None and again.pad_id == again.eot_id
 
 
 def test_bad_tokenizer_files_are_one_line_errors(tmp_path):

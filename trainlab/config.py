@@ -94,6 +94,12 @@ class OptimConfig(Table):
     # matching prefix wins; the schedule scales every group alike.
     lr_mult: dict[str, float] = {}
     freeze: list[str] = []  # parameter-name prefixes that are not trained (requires_grad = False)
+    # Discriminative fine-tuning (ULMFiT; "layer-wise LR decay"): each Transformer block's rate is this factor
+    # times the rate of the block above it; the head and final norm get optim.lr (1 = one rate for all).
+    layer_decay: float = Field(1.0, gt=0, le=1)
+    # Gradual unfreezing (ULMFiT): train the head first, then one more block from the top every this many steps,
+    # the embeddings last (0 = everything trains from the start).
+    unfreeze_every: int = Field(0, ge=0)
 
     @field_validator("lr_mult")
     @classmethod
@@ -155,16 +161,16 @@ REGISTRY_OF = {"model": "model", "objective": "objective", "data": "source"}
 DEFAULT_KIND = {"model": "mlp", "data": "digits", "objective": "auto"}
 
 
-def table(name: str, raw: dict | None = None, model_kind: str = "mlp", /, **keys) -> Table:
+def table(name: str, raw: dict | None = None, model_kind="mlp", /, **keys) -> Table:
     """The `[name]` table (model, data or objective) of its kind, validated: `table("model", kind="gpt")`.
-    `objective` kind "auto" is the model kind's own objective (`model_kind`)."""
+    `objective` kind "auto" is the model's own objective (`model_kind`: a kind, or the validated model table)."""
     from trainlab import registry
 
     raw = {**(raw or {}), **keys}
     key = KIND_KEY[name]
     kind = raw.get(key, DEFAULT_KIND[name])
     if name == "objective" and kind == "auto":
-        kind = registry.get("model", model_kind).objective or "none"
+        kind = registry.own_objective(model_kind)
     if not isinstance(kind, str):
         raise UserError(f"'{name}.{key}' must be a string naming a registered kind; got {kind!r}",
                         f"`trainlab recipes --keys` lists the kinds of [{name}]")
@@ -212,14 +218,14 @@ class Config(Table):
             value = raw.get(name, {})
             if isinstance(value, dict):
                 model = raw.get("model")
-                raw[name] = table(name, value, model.kind if isinstance(model, ModelTable) else "mlp")
+                raw[name] = table(name, value, model if isinstance(model, ModelTable) else "mlp")
         return raw
 
     @model_validator(mode="after")
     def _pairing(self):
         from trainlab import registry
 
-        registry.check_pairing(self.model.kind, self.objective.kind, self.data.source)
+        registry.check_pairing(self.model, self.objective.kind, self.data.source)
         return self
 
     def to_toml(self) -> str:

@@ -59,6 +59,9 @@ class ModelMeta(_Schema):
     info: DataInfo
     recipe: str = ""
     step: int = Field(0, ge=0)
+    # A LoRA run started from another model saves only what it trained: {"base": that model's init_from,
+    # "file": "adapter.safetensors"}; the base is loaded from there first.
+    adapter: dict | None = None
 
 
 class Summary(_Schema):

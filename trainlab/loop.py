@@ -19,9 +19,10 @@ from torch import nn
 
 from trainlab import checkpoint, config, data as data_lib, distributed, files, models, objectives, runs
 from trainlab.config import Config
+from trainlab.data import replay
 from trainlab.distributed import Dist
 from trainlab.errors import UserError
-from trainlab.optim import build_optimizer, lr_factor, set_lr
+from trainlab.optim import Unfreezer, build_optimizer, lr_factor, set_lr
 from trainlab.policy import Policy
 from trainlab.runs import MetricLog, Progress, RunWriter
 
@@ -105,6 +106,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     amp = autocast_for(device, cfg.loop.precision)
     cfg = models.resolve_init(cfg, ctx.print)  # model.init_from: the architecture (and tokenizer) of the finished run
     data = ctx.local_first(lambda: data_lib.build(cfg.data))  # one process per machine packs a corpus cache
+    data = replay.wrap(data, cfg)  # data.replay_fraction: pre-training text mixed into fine-tuning
     cfg = resolve(cfg, max(1, data.batches_per_epoch // cfg.loop.grad_accum))
     L = cfg.loop
     plan = ctx.plan(data.batch_size, L.grad_accum)
@@ -116,8 +118,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
 
         unsharded = copy.deepcopy(own_model)  # FSDP shards the module in place; the export gathers into this
     if getattr(cfg.model, "init_from", "") and not resume:
-        fresh = models.load_initial_weights(model, cfg.model.init_from, cfg.model.init_skip)
-        ctx.print(f"initialized from {cfg.model.init_from}" + (f"; fresh: {', '.join(fresh)}" if fresh else ""))
+        notes = models.load_initial_weights(model, cfg.model.init_from, cfg.model.init_skip)
+        ctx.print(f"initialized from {cfg.model.init_from}" + "".join(f"; {n}" for n in notes))
     freeze(model, cfg.optim.freeze)
     model = model.to(device)
     ctx.seed(cfg.run.seed)
@@ -125,6 +127,12 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     # `forward` runs the model and the loss (compiled, DDP- or FSDP-wrapped as asked); `model` is what gets saved.
     forward = ctx.wrap(model, objective, L.compile)
     optimizer = build_optimizer(cfg.optim, model)
+    unfreeze = None
+    if cfg.optim.unfreeze_every:
+        if ctx.world > 1:
+            raise UserError("optim.unfreeze_every changes which parameters train during the run, which DDP and FSDP "
+                            "cannot follow", "run gradual unfreezing in one process, or set optim.unfreeze_every = 0")
+        unfreeze = Unfreezer(model, cfg.optim.unfreeze_every)
     # The source is created after the model: online sources (rollouts, generations) run it through `policy`.
     policy = Policy(model, forward, device, amp, ctx)
     stream = data.stream(cfg.run.seed, policy, plan)
@@ -228,6 +236,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
             set_lr(optimizer, lr := cfg.optim.lr * lr_factor(step, L.steps, cfg.schedule))
             if before_step is not None:
                 before_step(step)
+            if unfreeze is not None:
+                unfreeze(step)
             sums: dict[str, torch.Tensor] = {}
             for i, batch in enumerate(stream.next_step()):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

@@ -33,9 +33,11 @@ from trainlab.errors import UserError
 
 BUILTIN = (
     "trainlab.models.mlp", "trainlab.models.cnn", "trainlab.models.autoencoder", "trainlab.models.classical",
-    "trainlab.models.gpt", "trainlab.models.module",
+    "trainlab.models.gpt", "trainlab.models.encoder", "trainlab.models.module",
     "trainlab.objectives.supervised", "trainlab.objectives.unsupervised", "trainlab.objectives.next_token",
+    "trainlab.objectives.masked_lm",
     "trainlab.data.bundled", "trainlab.data.tabular", "trainlab.data.images", "trainlab.data.text",
+
 )
 
 
@@ -115,10 +117,28 @@ def get(what: str, name: str) -> Entry:
 # ------------------------------------------------------------------------------------------ pairings
 
 
-def check_pairing(model_kind: str, objective_kind: str, source_name: str) -> None:
+def outputs(model) -> frozenset[str]:
+    """What a model gives: its kind's `produces`, or, when its table has an `outputs()` method, what this
+    configuration of the kind gives (a GPT with `head = "classify"` gives predictions, not token logits)."""
+    if isinstance(model, str):
+        return get("model", model).produces
+    return frozenset(model.outputs()) if hasattr(model, "outputs") else get("model", model.kind).produces
+
+
+def own_objective(model) -> str:
+    """The objective `objective.kind = "auto"` means for a model kind (or a model table: its `own_objective()`)."""
+    if not isinstance(model, str) and hasattr(model, "own_objective"):
+        return model.own_objective()
+    return get("model", model if isinstance(model, str) else model.kind).objective or "none"
+
+
+def check_pairing(model, objective_kind: str, source_name: str) -> None:
     """What the recipe alone decides: the model can read the source's batches and the objective can use the
-    model's outputs. What depends on the data's content (labels in a CSV) is checked by `check_data`."""
+    model's outputs. What depends on the data's content (labels in a CSV) is checked by `check_data`.
+    `model`: a model kind, or its validated table (whose configuration may decide its outputs)."""
+    model_kind = model if isinstance(model, str) else model.kind
     m, s = get("model", model_kind), get("source", source_name)
+    produces = outputs(model)
     provides = {p.rstrip("?") for p in s.produces}
     if not m.consumes & provides:
         fits = sorted(n for n, e in entries("source").items() if m.consumes & {p.rstrip("?") for p in e.produces})
@@ -128,11 +148,13 @@ def check_pairing(model_kind: str, objective_kind: str, source_name: str) -> Non
     if m.fitted:
         return
     o = get("objective", objective_kind)
-    if not o.needs <= m.produces:
-        fits = sorted(n for n, e in entries("objective").items() if e.needs <= m.produces and e.needs)
+    if not o.needs <= produces:
+        fits = sorted(n for n, e in entries("objective").items() if e.needs <= produces and e.needs)
+        head = " (with model.head = '%s')" % model.head if hasattr(model, "head") else ""
         raise UserError(f"objective.kind = '{objective_kind}' needs a model that gives "
-                        f"{', '.join(sorted(o.needs - m.produces))}; model.kind = '{model_kind}' gives "
-                        f"{', '.join(sorted(m.produces))}", f"use objective.kind in {['auto', *fits]}")
+                        f"{', '.join(sorted(o.needs - produces))}; model.kind = '{model_kind}'{head} gives "
+                        f"{', '.join(sorted(produces))}", f"use objective.kind in {['auto', *fits]}"
+                        + (" or another model.head" if head else ""))
     missing = {n for n in o.data_needs if n not in provides}
     if missing:
         raise UserError(f"objective.kind = '{objective_kind}' needs data with {', '.join(sorted(missing))}; "

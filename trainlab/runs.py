@@ -120,8 +120,19 @@ class RunWriter:
         tmp = model_dir.with_name("model.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(model, str(tmp / "model.safetensors"))
         meta = {"model": cfg.model.model_dump(mode="json"), "info": data.info, "recipe": cfg.run.name, "step": step}
+        from trainlab.models import lora
+
+        base = getattr(cfg.model, "init_from", "")
+        if lora.layers(model) and base:
+            # Adapters only (and a new head): the base model stays where init_from points, as with PEFT.
+            from safetensors.torch import save_file
+
+            save_file(lora.adapter_state_dict(model), str(tmp / ADAPTER))
+            meta["adapter"] = {"base": _absolute_init(base), "file": ADAPTER}
+            _write_peft(model, cfg, tmp / "peft", meta["adapter"]["base"])
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         data.export(tmp)  # e.g. the tokenizer
         old = model_dir.with_name("model.old")
@@ -130,6 +141,26 @@ class RunWriter:
             os.rename(model_dir, old)
         os.rename(tmp, model_dir)
         shutil.rmtree(old, ignore_errors=True)
+
+
+ADAPTER = "adapter.safetensors"
+
+
+def _absolute_init(init_from: str) -> str:
+    """init_from as an absolute path (keeping an hf: prefix), so the adapters find their base from anywhere."""
+    prefix = "hf:" if init_from.startswith("hf:") else ""
+    return prefix + str(Path(init_from[len(prefix):]).expanduser().resolve())
+
+
+def _write_peft(model, cfg, out: Path, base: str) -> None:
+    """model/peft/: the adapters as a PEFT folder, when the base model has a Hugging Face architecture."""
+    from trainlab import hf
+    from trainlab.errors import UserError
+
+    try:
+        hf.write_peft(model, cfg.model, out, base)
+    except UserError:  # no Hugging Face architecture for this model: trainlab's own adapter file is enough
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -95,7 +95,7 @@ def build_hf_disk(cfg: HFDiskText):
     """A Hugging Face dataset saved with save_to_disk (needs `datasets`); its text column."""
     return TextData(cfg)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: BPE vocabularies reserve <|pad|> and <|mask|>
 SPLITS = ("train", "val", "test")
 
 
@@ -374,6 +374,8 @@ class TextData:
         bpt = {s: m["bytes"] / m["tokens"] if m["tokens"] else 0.0 for s, m in meta["splits"].items()}
         self.info = {"task": "language_modeling", "vocab_size": meta["vocab_size"], "block_size": cfg.block_size,
                      "tokenizer": meta["tokenizer"], "eot_id": self.tokenizer.eot_id, "bytes_per_token": bpt,
+                     "pad_id": self.tokenizer.pad_id, "mask_id": self.tokenizer.mask_id,
+                     "special_ids": sorted({i for i in (self.tokenizer.eot_id, self.tokenizer.pad_id) if i is not None}),
                      "split_sizes": {s: m["tokens"] for s, m in meta["splits"].items()},
                      "documents": {s: m["documents"] for s, m in meta["splits"].items()},
                      "skipped_files": meta["skipped_files"], "source": cfg.source}

@@ -1,12 +1,13 @@
 """Tokenizers: byte-level BPE (trained with Hugging Face `tokenizers`) and characters.
 
-Both reserve the same special tokens: a document boundary and the chat roles later stages need. Both save to
-one UTF-8 `tokenizer.json`:
+Both reserve the same special tokens: a document boundary, the chat roles later stages need, padding and the
+masked-LM's mask (the last two since format 2). Both save to one UTF-8 `tokenizer.json`:
 
     bpe   Hugging Face's own format, nothing added: `tokenizers.Tokenizer.from_file(path)` loads it and
           encodes to the same ids
-    char  trainlab's own small format, `{"trainlab_tokenizer": "char", "chars": [...]}` (the special tokens
-          are implied, first); only `load` here reads it
+    char  trainlab's own small format, `{"trainlab_tokenizer": "char", "specials": [...], "chars": [...]}`
+          (ids: the specials, then the characters; a file without "specials" has the first five); only `load`
+          here reads it
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from trainlab.errors import UserError
 
 EOT = "<|endoftext|>"  # between documents
 SPECIAL_TOKENS = [EOT, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+PAD, MASK = "<|pad|>", "<|mask|>"  # BPE only: padding for batches of texts, the masked-LM's hidden token
+# The same roles under the names other tokenizers give them (a BERT WordPiece, a Llama or GPT-2 BPE imported
+# from Hugging Face): looked up in this order.
+_ROLE_NAMES = {"eot": [EOT, "</s>", "<|end_of_text|>", "[SEP]"], "pad": [PAD, "[PAD]", "<pad>"],
+               "mask": [MASK, "[MASK]", "<mask>"]}
 
 
 class CharTokenizer:
@@ -28,8 +34,10 @@ class CharTokenizer:
 
     kind = "char"
 
-    def __init__(self, chars: list[str]):
-        self.itos = SPECIAL_TOKENS + chars
+    def __init__(self, chars: list[str], specials: list[str] | None = None):
+        # Files written before the padding and mask tokens existed name no specials: theirs are the first five.
+        self.specials = list(specials) if specials is not None else SPECIAL_TOKENS + [PAD, MASK]
+        self.itos = self.specials + chars
         self.stoi = {s: i for i, s in enumerate(self.itos)}
 
     @classmethod
@@ -47,6 +55,14 @@ class CharTokenizer:
     def eot_id(self) -> int:
         return self.stoi[EOT]
 
+    @property
+    def pad_id(self) -> int:  # an old vocabulary without <|pad|> pads with the document boundary
+        return self.stoi.get(PAD, self.stoi[EOT])
+
+    @property
+    def mask_id(self) -> int | None:
+        return self.stoi.get(MASK)
+
     def encode(self, text: str) -> list[int]:
         try:
             return [self.stoi[c] for c in text]
@@ -58,10 +74,10 @@ class CharTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.itos[i] if i >= len(SPECIAL_TOKENS) else "" for i in ids)
+        return "".join(self.itos[i] if i >= len(self.specials) else "" for i in ids)
 
     def to_json(self) -> dict:
-        return {"trainlab_tokenizer": "char", "chars": self.itos[len(SPECIAL_TOKENS):]}
+        return {"trainlab_tokenizer": "char", "specials": self.specials, "chars": self.itos[len(self.specials):]}
 
 
 class BPETokenizer:
@@ -79,7 +95,7 @@ class BPETokenizer:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + [PAD, MASK], show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tok.train_from_iterator(texts, trainer=trainer)
         return cls(tok)
@@ -88,9 +104,25 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
+    def _role(self, role: str) -> int | None:
+        for name in _ROLE_NAMES[role]:
+            if (i := self.tok.token_to_id(name)) is not None:
+                return i
+        return None
+
     @property
-    def eot_id(self) -> int:
-        return self.tok.token_to_id(EOT)
+    def eot_id(self) -> int | None:
+        return self._role("eot")
+
+    @property
+    def pad_id(self) -> int:
+        """<|pad|> ([PAD] in a BERT vocabulary); a tokenizer without one pads with its document boundary."""
+        pad = self._role("pad")
+        return pad if pad is not None else (self.eot_id if self.eot_id is not None else 0)
+
+    @property
+    def mask_id(self) -> int | None:
+        return self._role("mask")
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids
@@ -108,8 +140,8 @@ class BPETokenizer:
 def train_tokenizer(kind: str, texts: Iterator[str] | list[str], vocab_size: int):
     if kind == "char":
         return CharTokenizer.train(texts)
-    if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise UserError(f"data.vocab_size = {vocab_size} is below the 256 bytes + {len(SPECIAL_TOKENS)} special tokens "
+    if vocab_size < 256 + len(SPECIAL_TOKENS) + 2:
+        raise UserError(f"data.vocab_size = {vocab_size} is below the 256 bytes + {len(SPECIAL_TOKENS) + 2} special tokens "
                         "a byte-level BPE starts from", "raise data.vocab_size (e.g. 2048) or use data.tokenizer=char")
     return BPETokenizer.train(texts, vocab_size)
 
@@ -140,7 +172,7 @@ def load(path: str | Path):
     if not isinstance(meta, dict):
         raise UserError(f"{path} is not a tokenizer file", "give the tokenizer.json written by a training run")
     if meta.get("trainlab_tokenizer") == "char":
-        return CharTokenizer(meta["chars"])
+        return CharTokenizer(meta["chars"], meta.get("specials", SPECIAL_TOKENS))
     from tokenizers import Tokenizer
 
     try:

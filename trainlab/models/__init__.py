@@ -28,7 +28,7 @@ def num_parameters(model: nn.Module) -> int:
 def read_meta(model_dir: str | Path) -> dict:
     """config.json of a run's model/ folder: {"model": its [model] table, "info": the data's info, ...}."""
     d = Path(model_dir)
-    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+    if not (d / "config.json").is_file() or not ((d / "model.safetensors").is_file() or (d / ADAPTER).is_file()):
         raise UserError(f"{d} holds no trained model (model.safetensors + config.json)",
                         "train first, or give the run folder of a finished `trainlab train`")
     from trainlab import files
@@ -62,6 +62,8 @@ def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
     except (KeyError, TypeError, ValueError, IndexError) as e:  # an info edited into something unbuildable
         raise UserError(f"{d / 'config.json'} is damaged: its model cannot be built from it ({first_line(e)})",
                         "restore the file from the run that wrote it, or retrain") from None
+    if meta.get("adapter"):
+        return _load_adapted(d, model, meta), meta["info"]
     try:
         load_weights(model, d / "model.safetensors")
     except ValueError as e:
@@ -70,8 +72,39 @@ def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta["info"]
 
 
+ADAPTER = "adapter.safetensors"
+
+
+def _load_adapted(d: Path, model: nn.Module, meta: dict) -> nn.Module:
+    """A LoRA run's model/: its base model's weights (from where init_from pointed), then the adapters."""
+    from safetensors.torch import load_file
+
+    from trainlab.models import lora
+
+    base = meta["adapter"].get("base", "")
+    where = base[len(HF_PREFIX):] if base.startswith(HF_PREFIX) else base
+    if not Path(where).exists():
+        raise UserError(f"{d} holds LoRA adapters for the base model at {base}, which no longer exists",
+                        "restore that folder (or export a merged model while it exists: trainlab export)")
+    load_initial_weights(model, base, [])
+    try:
+        saved = load_file(str(d / ADAPTER))
+    except Exception as e:
+        raise UserError(f"{d / ADAPTER} cannot be read ({first_line(e)})", "the file is damaged; retrain") from None
+    want = lora.adapter_state_dict(model)
+    wrong = sorted(set(want) ^ set(saved)) + [k for k in want if k in saved and want[k].shape != saved[k].shape]
+    if wrong:
+        raise UserError(f"{d / ADAPTER} does not fit the model its config.json describes (e.g. {wrong[0]})",
+                        "the file is damaged or belongs to another model; restore it or retrain")
+    model.load_state_dict(saved, strict=False)
+    return model.eval()
+
+
 
 # ------------------------------------------------------------------------------------------ init_from
+
+
+HF_PREFIX = "hf:"
 
 
 def init_source(run_dir: str) -> Path:
@@ -80,75 +113,157 @@ def init_source(run_dir: str) -> Path:
     model_dir = d if (d / "config.json").is_file() and not (d / "model").is_dir() else d / "model"
     if not (model_dir / "config.json").is_file():
         raise UserError(f"model.init_from = '{run_dir}' holds no trained model ({model_dir}/config.json is missing)",
-                        "give the folder of a finished `trainlab train` run")
+                        "give the folder of a finished `trainlab train` run, or hf:PATH for a Hugging Face folder")
     return model_dir
 
 
-# The keys a recipe keeps when it starts from a finished run; every other [model] key is that run's.
-_OWN_KEYS = ("init_from", "init_skip")
+def _imported(init_from: str):
+    """A Hugging Face folder (`hf:PATH`) read once per process: trainlab.hf.read."""
+    from trainlab import hf
+
+    path = Path(init_from[len(HF_PREFIX):]).expanduser()
+    key = (str(path.resolve()), max((f.stat().st_mtime_ns for f in path.glob("*") if f.is_file()), default=0)
+           if path.is_dir() else 0)
+    if key not in _IMPORTED:
+        _IMPORTED.clear()  # one at a time: an imported model's tensors can be large
+        _IMPORTED[key] = hf.read(path)
+    return _IMPORTED[key]
+
+
+_IMPORTED: dict = {}
+
+
+def base_meta(init_from: str) -> dict:
+    """{"table": the starting model's [model] table, "info": its data's info, "tokenizer": its tokenizer.json}."""
+    if init_from.startswith(HF_PREFIX):
+        imp = _imported(init_from)
+        try:
+            table = config.table("model", imp.table)
+        except config._TableInvalid as e:
+            raise UserError(f"the Hugging Face model at {init_from[len(HF_PREFIX):]} maps to a [model] table trainlab "
+                            f"rejects ({first_line(e.error)})", "this configuration is not supported") from None
+        return {"table": table, "info": imp.info, "tokenizer": Path(imp.tokenizer_path)}
+    meta = read_meta(init_source(init_from))
+    return {**meta, "tokenizer": init_source(init_from) / "tokenizer.json"}
+
+
+# The keys a recipe keeps when it starts from a trained model; every other [model] key (the architecture) is that
+# model's. The task head, its pooling, adapters and dropout are the fine-tuning's own choices.
+_OWN_KEYS = ("init_from", "init_skip", "head", "pooling", "lora", "dropout")
 
 
 def resolve_init(cfg: config.Config, say=print) -> config.Config:
-    """With model.init_from the model is the finished run's: its [model] table replaces the recipe's (except
-    init_from and init_skip; a recipe value that differs is named in a note). Text data then uses that
-    run's tokenizer unless data.tokenizer_path names one. The result is what config.toml records."""
+    """With model.init_from the model is the finished run's (or the Hugging Face folder's): its [model] table
+    replaces the recipe's, except the fine-tuning's own keys (_OWN_KEYS; a recipe value that differs is named in
+    a note). Text data then uses that model's tokenizer unless data.tokenizer_path names one. The result is what
+    config.toml records."""
     m = cfg.model
     if not getattr(m, "init_from", ""):
         return cfg
-    meta = read_meta(init_source(m.init_from))
+    meta = base_meta(m.init_from)
     base = meta["table"]
     if base.kind != m.kind:
         raise UserError(f"model.init_from = '{m.init_from}' holds a '{base.kind}' model; this recipe's model.kind is "
-                        f"'{m.kind}'", f"set model.kind = '{base.kind}', or start from a run of a {m.kind}")
-    ours = {k: getattr(m, k) for k in _OWN_KEYS if k in type(m).model_fields}
-    merged = config.table("model", {**base.model_dump(), **ours})
+                        f"'{m.kind}'", f"set model.kind = '{base.kind}', or start from a {m.kind}")
+    ours = {k: getattr(m, k) for k in _OWN_KEYS if k in type(m).model_fields and k in m.model_fields_set | {
+        "init_from", "init_skip"}}
+    merged = config.table("model", {**base.model_dump(), **{k: (v.model_dump() if hasattr(v, "model_dump") else v)
+                                                            for k, v in ours.items()}})
     replaced = [f"{k} {getattr(m, k)!r} -> {getattr(merged, k)!r}" for k in m.model_fields_set
                 if k not in _OWN_KEYS and getattr(m, k) != getattr(merged, k)]
     if replaced:
         say(f"model.init_from: the architecture of {m.init_from} replaces the recipe's ({'; '.join(replaced)})")
     update = {"model": merged}
-    tok = init_source(m.init_from) / "tokenizer.json"
-    if hasattr(cfg.data, "tokenizer_path") and not cfg.data.tokenizer_path and tok.is_file():
+    tok = meta["tokenizer"]
+    if hasattr(cfg.data, "tokenizer_path") and not cfg.data.tokenizer_path:
+        if not tok.is_file():
+            raise UserError(f"model.init_from = '{m.init_from}' has no tokenizer ({tok} is missing), so text cannot "
+                            "be encoded as the model was trained", "restore the tokenizer file, or set "
+                            "data.tokenizer_path to the model's tokenizer.json")
         kind = meta["info"].get("tokenizer", cfg.data.tokenizer)
         update["data"] = cfg.data.model_copy(update={"tokenizer_path": str(tok.resolve()), "tokenizer": kind})
     return cfg.model_copy(update=update)
 
 
-def load_initial_weights(model: nn.Module, init_from: str, skip: list[str]) -> list[str]:
-    """Load a finished run's weights into `model`: every tensor exactly, except those under the `skip` prefixes
-    (left as initialized). Any other missing, extra or mis-shaped tensor is an error naming it. Returns the names
-    of the tensors left fresh."""
+def _base_tensors(init_from: str) -> tuple[dict, list[str]]:
+    """The starting model's tensors in trainlab's names, and the names of tensors it has that trainlab ignores."""
+    if init_from.startswith(HF_PREFIX):
+        imp = _imported(init_from)
+        return dict(imp.tensors), list(imp.unused)
     from safetensors.torch import load_file
 
     path = init_source(init_from) / "model.safetensors"
+    if not path.is_file() and (init_source(init_from) / "adapter.safetensors").is_file():
+        from trainlab.models import lora  # a LoRA run: its base with the adapters merged in
+
+        return lora.merged_state_dict(load(init_source(init_from))[0]), []
     try:
         saved = load_file(str(path))
     except Exception as e:
         raise UserError(f"{path} cannot be read ({first_line(e)})", "the file is damaged; retrain that run") from None
+    base = read_meta(init_source(init_from))["table"]
+    if getattr(base, "tie_weights", False) and "wte.weight" not in saved and "head.weight" in saved:
+        saved["wte.weight"] = saved.pop("head.weight")  # safetensors stored the tied matrix under one of its names
+    return saved, []
+
+
+def load_initial_weights(model: nn.Module, init_from: str, skip: list[str]) -> list[str]:
+    """Load a trained model's weights into `model`: every trunk tensor exactly. Left fresh: tensors under the
+    `skip` prefixes, LoRA adapters, and a task head that changed (a classifier on a language model: the model's
+    `head_prefixes()`); a longer learned-position table is cut to this model's length. Any other missing, extra
+    or mis-shaped tensor is an error naming it. Returns notes for the one line that says what happened."""
+    from trainlab.models import lora as lora_lib
+
+    saved, unused_hf = _base_tensors(init_from)
     own = model.state_dict()
+    heads = tuple(model.head_prefixes()) if hasattr(model, "head_prefixes") else ()
 
     def skipped(name: str) -> bool:
         return any(name.startswith(p) for p in skip)
 
-    fresh = sorted(k for k in own if skipped(k))
     unused = [p for p in skip if not any(k.startswith(p) for k in own)]
     if unused:
         raise UserError(f"model.init_skip names {unused}, which match no parameter of this model",
                         "use prefixes of parameter names, e.g. 'head' (its top-level modules: "
                         f"{sorted({k.split('.')[0] for k in own})})")
+    notes: list[str] = []
+    for k in ("wpe.weight",):  # learned positions: a model with a shorter context keeps the first rows
+        if k in saved and k in own and saved[k].ndim == 2 and saved[k].shape[0] > own[k].shape[0] \
+                and saved[k].shape[1] == own[k].shape[1]:
+            notes.append(f"{k}: the first {own[k].shape[0]} of {saved[k].shape[0]} positions")
+            saved[k] = saved[k][: own[k].shape[0]]
+
+    def fits(k: str) -> bool:
+        return k in saved and saved[k].shape == own[k].shape
+
+    adapters = [k for k in own if lora_lib.is_adapter(k)]
+    head_fresh = [k for k in own if k.startswith(heads) and not fits(k) and not skipped(k)
+                  and not _tied_elsewhere(model, k, saved)]
+    fresh = sorted(k for k in own if skipped(k)) + head_fresh
+    leave = set(fresh) | set(adapters)
+    dropped = [k for k in saved if k.startswith(heads) and (k not in own or not fits(k))] \
+        + [k for k in saved if k not in own and k.startswith(("head.", "mlm.")) and not k.startswith(heads)]
+    dropped = sorted(set(dropped))
     # A tied tensor (GPT's head = embedding) is stored once in safetensors: compare on what the file holds.
-    missing = [k for k in own if not skipped(k) and k not in saved and not _tied_elsewhere(model, k, saved)]
-    extra = [k for k in saved if k not in own and not skipped(k)]
+    missing = [k for k in own if k not in leave and k not in saved and not _tied_elsewhere(model, k, saved)]
+    extra = [k for k in saved if k not in own and not skipped(k) and k not in dropped]
     shapes = [f"{k} {tuple(saved[k].shape)} -> {tuple(own[k].shape)}" for k in own
-              if k in saved and not skipped(k) and saved[k].shape != own[k].shape]
+              if k in saved and k not in leave and saved[k].shape != own[k].shape]
     if missing or extra or shapes:
         parts = ([f"missing {missing[:4]}"] if missing else []) + ([f"unexpected {extra[:4]}"] if extra else []) \
             + ([f"shape changed: {'; '.join(shapes[:3])}"] if shapes else [])
         raise UserError(f"the weights of model.init_from = '{init_from}' do not fit this model: {', '.join(parts)}",
                         "give the changed parts (a new head) in model.init_skip, or match the architecture")
-    keep = {k: v for k, v in saved.items() if not skipped(k)}
-    model.load_state_dict({**{k: own[k] for k in fresh}, **keep}, strict=False)
-    return fresh
+    keep = {k: v for k, v in saved.items() if k in own and k not in leave}
+    model.load_state_dict({**{k: own[k] for k in leave}, **keep}, strict=False)
+    if fresh:
+        notes.insert(0, f"fresh: {', '.join(fresh)}")
+    if adapters:
+        notes.append(f"{len(adapters)} LoRA adapter tensors (B = 0: the model starts as the one loaded)")
+    if dropped or unused_hf:
+        notes.append(f"not used: {', '.join((dropped + unused_hf)[:6])}"
+                     + (f" and {len(dropped) + len(unused_hf) - 6} more" if len(dropped) + len(unused_hf) > 6 else ""))
+    return notes
 
 
 def _tied_elsewhere(model: nn.Module, name: str, saved: dict) -> bool:

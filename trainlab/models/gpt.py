@@ -21,6 +21,8 @@ from torch import nn
 
 from trainlab import registry
 from trainlab.config import NetworkTable
+from trainlab.errors import UserError
+from trainlab.models import lora as lora_lib
 
 
 class GPTConfig(NetworkTable):
@@ -37,6 +39,17 @@ class GPTConfig(NetworkTable):
     tie_weights: bool = True  # the output head shares the token embedding
     moe_experts: int = Field(0, ge=0)  # experts per MLP (0 = dense)
     moe_top_k: PositiveInt = 2  # experts each token is routed to
+    # "lm": next-token logits (pre-training); "classify": one class vector per text, pooled from the hidden
+    # states of its real tokens (fine-tuning on labelled text; the head is new, the trunk can be pre-trained)
+    head: Literal["lm", "classify"] = "lm"
+    pooling: Literal["last", "mean"] = "last"  # classify: the last real token's state, or the mean over tokens
+    lora: lora_lib.LoRAConfig = lora_lib.LoRAConfig()  # low-rank adapters (rank 0 = train every weight)
+
+    def outputs(self) -> set[str]:
+        return {"token_logits", "hidden_states"} if self.head == "lm" else {"predictions", "hidden_states"}
+
+    def own_objective(self) -> str:
+        return "next_token" if self.head == "lm" else "supervised"
 
     @model_validator(mode="after")
     def _shapes(self):
@@ -49,11 +62,21 @@ class GPTConfig(NetworkTable):
         return self
 
 
-@registry.model("gpt", GPTConfig, consumes={"tokens"}, produces={"token_logits", "hidden_states"},
+@registry.model("gpt", GPTConfig, consumes={"tokens"}, produces={"token_logits", "hidden_states", "predictions"},
                 objective="next_token")
 def build(cfg: GPTConfig, info: dict) -> nn.Module:
     """Decoder-only Transformer (RoPE or learned positions, RMSNorm or LayerNorm, SwiGLU or GELU, MoE)."""
-    return GPT(cfg, info["vocab_size"], info["block_size"])
+    num_classes = 0
+    if cfg.head == "classify":
+        num_classes = info.get("num_classes", 0) if info.get("task") == "classification" else 0
+        if num_classes < 2:
+            raise UserError(f"model.head = 'classify' needs labelled text with 2 or more classes; this data is "
+                            f"'{info.get('task')}'" + (f" with {num_classes} class" if num_classes else ""),
+                            "use a labelled text source (data.source = 'stdlib_classes' or 'jsonl_classes'), "
+                            "or model.head = 'lm'")
+    model = GPT(cfg, info["vocab_size"], info["block_size"], num_classes, info.get("pad_id"))
+    lora_lib.apply(model, cfg.lora, keep_trainable=("head.",) if cfg.head == "classify" else ())
+    return model
 
 
 class RMSNorm(nn.Module):
@@ -209,19 +232,29 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """GPT(cfg, vocab_size, block_size): `forward` gives next-token logits; `hidden` the final (normed) hidden
-    states, for heads of other kinds (a value or reward head, a classifier)."""
+    states, for heads of other kinds (a value or reward head, a classifier).
 
-    def __init__(self, cfg: GPTConfig, vocab_size: int, block_size: int):
+    With cfg.head = "classify" (and num_classes), `forward(idx)` gives (B, num_classes) logits for right-padded
+    texts: padding is `pad_id`, and since attention is causal, padding after a text changes none of its states;
+    the text's vector is its last real token's state ("last") or the mean over its tokens ("mean")."""
+
+    def __init__(self, cfg: GPTConfig, vocab_size: int, block_size: int, num_classes: int = 0,
+                 pad_id: int | None = None):
         super().__init__()
         self.cfg, self.vocab_size, self.block_size = cfg, vocab_size, block_size
+        self.classify, self.pad_id = cfg.head == "classify", pad_id
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = _norm(cfg)
-        self.head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
-        if cfg.tie_weights:
-            self.head.weight = self.wte.weight  # one matrix to read tokens in and out (Press & Wolf, 2017)
+        if self.classify:
+            self.head_drop = nn.Dropout(cfg.dropout)
+            self.head = nn.Linear(cfg.n_embd, num_classes)
+        else:
+            self.head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+            if cfg.tie_weights:
+                self.head.weight = self.wte.weight  # one matrix to read tokens in and out (Press & Wolf, 2017)
         if cfg.pos == "rope":
             cos, sin = rope_tables(block_size, cfg.n_embd // cfg.n_head)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -268,10 +301,27 @@ class GPT(nn.Module):
         return self.norm(x)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, pad: torch.Tensor | None = None) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, vocab). See `hidden` for the cache and left padding."""
+        """idx (B, T) token ids -> logits (B, T, vocab). See `hidden` for the cache and left padding.
+        A classifier: right-padded texts (B, T) -> class logits (B, num_classes)."""
+        if self.classify:
+            return self.head(self.head_drop(pool(self.hidden(idx), idx, self.pad_id, self.cfg.pooling)))
         return self.head(self.hidden(idx, cache, pad))
 
+    def lm_logits(self, idx: torch.Tensor) -> torch.Tensor:
+        """Next-token logits whatever the head: a classifier with tied weights still reads tokens out through
+        its embedding (what replaying pre-training text and measuring forgetting need)."""
+        if not self.classify:
+            return self(idx)
+        if not self.cfg.tie_weights:
+            raise UserError("this classifier has no language-model head (model.tie_weights = false)",
+                            "replay pre-training data with model.tie_weights = true")
+        return F.linear(self.hidden(idx), self.wte.weight)
+
     # ------------------------------------------------------------------ accounting
+    def head_prefixes(self) -> tuple[str, ...]:
+        """Parameters that belong to the task head rather than the trunk (new when the head changes)."""
+        return ("head.",)
+
     def moe_layers(self) -> list[MoE]:
         return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]
 
@@ -289,3 +339,19 @@ class GPT(nn.Module):
             per_layer += c.moe_top_k * expert
         matmul = c.n_layer * per_layer + c.n_embd * self.vocab_size  # + the output head
         return 6 * matmul + 12 * c.n_layer * c.n_embd * self.block_size
+
+
+def pool(h: torch.Tensor, idx: torch.Tensor, pad_id: int | None, how: str) -> torch.Tensor:
+    """One vector per right-padded row of hidden states h (B, T, C): "last" real token, "mean" over the real
+    tokens, or "first" (BERT's [CLS]). Real tokens are those that are not `pad_id` (all, when it is None)."""
+    if pad_id is None:
+        real = torch.ones_like(idx, dtype=torch.bool)
+    else:
+        real = idx != pad_id
+    if how == "first":
+        return h[:, 0]
+    if how == "last":
+        last = (real.sum(1) - 1).clamp_min(0)  # right padding: the real tokens come first
+        return h[torch.arange(len(h), device=h.device), last]
+    w = real.to(h.dtype).unsqueeze(-1)
+    return (h * w).sum(1) / w.sum(1).clamp_min(1)

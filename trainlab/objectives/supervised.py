@@ -29,7 +29,7 @@ def build(cfg: SupervisedConfig, info: dict):
         raise UserError("data.anomaly_class is for unsupervised models: a classifier never trained on that class "
                         "cannot name it", "use model.kind = 'autoencoder', 'vae' or 'kmeans'")
     if info["task"] == "classification":
-        return Classification(cfg.label_smoothing)
+        return Classification(cfg.label_smoothing, info.get("replay_fraction", 0.0))
     if cfg.label_smoothing:
         raise UserError(f"objective.label_smoothing = {cfg.label_smoothing} is for classification; this data is "
                         f"'{info['task']}'", "remove objective.label_smoothing")
@@ -37,16 +37,22 @@ def build(cfg: SupervisedConfig, info: dict):
 
 
 class Classification:
-    """Cross-entropy on class indices, with optional label smoothing (Szegedy et al., 2016)."""
+    """Cross-entropy on class indices, with optional label smoothing (Szegedy et al., 2016). With replayed
+    pre-training windows in the batch (trainlab.data.replay), (1 - f) * this + f * their next-token loss."""
 
-    def __init__(self, label_smoothing: float = 0.0):
-        self.label_smoothing = label_smoothing
+    def __init__(self, label_smoothing: float = 0.0, replay_fraction: float = 0.0):
+        self.label_smoothing, self.replay_fraction = label_smoothing, replay_fraction
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         logits = model(batch["x"])  # (B, K)
         loss = F.cross_entropy(logits.float(), batch["y"], label_smoothing=self.label_smoothing)
-        accuracy = (logits.argmax(-1) == batch["y"]).float().mean()
-        return loss, {"accuracy": accuracy.detach()}
+        metrics = {"accuracy": (logits.argmax(-1) == batch["y"]).float().mean().detach()}
+        if "replay_idx" in batch:
+            lm = model.lm_logits(batch["replay_idx"])
+            replay = F.cross_entropy(lm.float().flatten(0, 1), batch["replay_targets"].flatten())
+            metrics.update(task_loss=loss.detach(), replay_ce=replay.detach())
+            loss = (1 - self.replay_fraction) * loss + self.replay_fraction * replay
+        return loss, metrics
 
 
 class Regression:
