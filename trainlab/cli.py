@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="write the predictions (CSV) to this file instead of printing them")
     pr.add_argument("--max-new-tokens", type=int, default=100, help="language models: tokens per continuation")
 
+    x = sub.add_parser("export", help="export a trained language model as a Hugging Face transformers folder")
+    x.add_argument("run_dir")
+    x.add_argument("--format", default="hf", help="hf: a transformers folder (Llama, GPT-2 or BERT) with its tokenizer")
+    x.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new, or empty)")
+    x.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
+
     rc = sub.add_parser("recipes", help="list the bundled recipes, or print one")
     rc.add_argument("name", nargs="?", help="print this recipe's TOML (a bundled name or a file)")
     rc.add_argument("--resolved", action="store_true", help="with NAME: the full config, every default filled in")
@@ -126,6 +132,16 @@ def cmd_predict(args) -> None:
     print(predict_command(args.run_dir, args.inputs, args.out, args.max_new_tokens))
 
 
+def cmd_export(args) -> None:
+    if args.format != "hf":
+        raise UserError(f"--format {args.format!r} is not supported; the one format is 'hf'",
+                        "use --format hf (a Hugging Face transformers folder)")
+    from trainlab import hf
+
+    arch = hf.export(args.run_dir, args.out, force=args.force)
+    print(f"exported {args.run_dir} as {arch} to {args.out}")
+
+
 def cmd_recipes(args) -> None:
     from trainlab import config
 
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     handler = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "report": cmd_report,
-               "predict": cmd_predict, "recipes": cmd_recipes}[args.command]
+               "predict": cmd_predict, "export": cmd_export, "recipes": cmd_recipes}[args.command]
     try:
         handler(args)
         sys.stdout.flush()  # inside the try: a reader that went away shows here, not at interpreter exit

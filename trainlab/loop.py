@@ -186,7 +186,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     if ctx.world > 1 or plan.accum > 1:
         ctx.print(ctx.describe(plan, "sequences" if data.unit == "tok" else "examples"))
     summary = {"status": "running", "run": run_dir.name, "recipe": cfg.run.name, "steps": step,
-               "wall_s": wall_before, "parameters": n_params, "device": device.type, "threads": threads,
+               "wall_s": wall_before, "parameters": n_params, "trained_parameters": trained, "device": device.type,
+               "threads": threads,
                "metrics": {}, "best": None}
     if getattr(cfg.model, "init_from", ""):
         summary["init_from"] = cfg.model.init_from
@@ -396,7 +397,8 @@ def _warnings(cfg: Config, data, plan) -> list[str]:
     """Choices that are allowed but probably wrong."""
     notes = []
     sizes = data.info.get("split_sizes", {})
-    if sizes.get("test", 0) > sizes.get("train", 0) > 0 and not getattr(cfg.data, "subset", 0):
+    if sizes.get("test", 0) > sizes.get("train", 0) > 0 and not getattr(cfg.data, "subset", 0) \
+            and getattr(cfg.data, "label_fraction", 1.0) == 1.0:
         notes.append(f"the test split ({sizes['test']:,}) is larger than the training split ({sizes['train']:,}); "
                      "check data.val_fraction and data.test_fraction")
     epochs = cfg.loop.steps * plan.global_batch / max(1, sizes.get("train", 0)) if data.unit == "ex" else 0
@@ -406,6 +408,15 @@ def _warnings(cfg: Config, data, plan) -> list[str]:
     if data.unit == "ex" and cfg.loop.steps < 100 and epochs < 20 and not cfg.loop.max_steps:
         notes.append(f"only {cfg.loop.steps} optimizer steps ({epochs:.1f} passes over {sizes.get('train', 0):,} "
                      "training examples): likely too short to learn; raise loop.epochs or lower data.batch_size")
+    base = Path(getattr(cfg.model, "init_from", "") or ".") / "config.toml"
+    if cfg.data.source == "stdlib_classes" and base.is_file():  # a model pre-trained on the standard library
+        pre = config.load_resolved(base).data
+        if pre.source == "stdlib" and (pre.val_fraction, pre.test_fraction) != (cfg.data.val_fraction,
+                                                                                cfg.data.test_fraction):
+            notes.append(f"{cfg.model.init_from} was pre-trained with data.val_fraction/test_fraction "
+                         f"{pre.val_fraction}/{pre.test_fraction}, this task splits {cfg.data.val_fraction}/"
+                         f"{cfg.data.test_fraction}: its training text may hold this task's validation or test "
+                         "files; pre-train with the same fractions")
     return notes
 
 

@@ -1,9 +1,10 @@
 """Using a trained run: `trainlab.load(RUN_DIR)` in Python, `trainlab predict RUN_DIR INPUT` on the command line.
 
 Inputs are raw, as a user has them: rows of numbers (lists, numpy arrays, pandas frames, dicts by column name,
-a CSV file), images (PIL images, image files, a folder of them), text. The run's own preprocessing is applied
-(the same code as training): CSV columns picked by the names the model was trained on, standardization with the
-training split's statistics, images resized and converted as in training, the run's tokenizer.
+a CSV file), images (PIL images, image files, a folder of them), text (prompts; texts to classify). The run's own
+preprocessing is applied (the same code as training): CSV columns picked by the names the model was trained on,
+standardization with the training split's statistics, images resized and converted as in training, the run's
+tokenizer with its truncation and padding (trainlab.data.text_classes.encode).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ BATCH = 256
 class Predictor:
     """A trained run, ready to predict. Attributes: `model` (the bare nn.Module, or the fitted scikit-learn
     wrapper of a classical run), `info` (what the data was: task, input shape, classes, statistics), `config`
-    (the run's resolved recipe), `run_dir`; `tokenizer` for language models."""
+    (the run's resolved recipe), `run_dir`; `tokenizer` for language models and text classifiers."""
 
     def __init__(self, run_dir: str | Path, model: nn.Module | None = None):
         self.run_dir = Path(run_dir)
@@ -50,7 +51,9 @@ class Predictor:
         self.task = self.info["task"]
         self.class_names = list(self.info.get("class_names") or [])
         self.tokenizer = None
-        if self.task == "language_modeling":
+        # A classifier of text (data.source stdlib_classes, jsonl_classes): inputs are token ids of its tokenizer.
+        self.text_classifier = self.task == "classification" and "tokens" in self.info.get("capabilities", ())
+        if self.task == "language_modeling" or self.text_classifier:
             from trainlab.data import tokenizer as tok_lib
 
             self.tokenizer = tok_lib.load(self.run_dir / "model" / "tokenizer.json")
@@ -58,8 +61,9 @@ class Predictor:
     # ----------------------------------------------------------------------------------------- predictions
 
     def predict(self, inputs: Any) -> np.ndarray | list[str]:
-        """Class names (classification), values in the target's units (regression), cluster ids or codes
-        (unsupervised), continuations (language models: a prompt or a list of prompts)."""
+        """Class names (classification; a text classifier takes a text or a list of texts), values in the
+        target's units (regression), cluster ids or codes (unsupervised), continuations (language models: a
+        prompt or a list of prompts)."""
         if self.task == "language_modeling":
             prompts = [inputs] if isinstance(inputs, str) else list(inputs)
             return [self.generate(p) for p in prompts]
@@ -115,8 +119,9 @@ class Predictor:
     def generate(self, prompt: str = "", max_new_tokens: int = 100, temperature: float = 0.8, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None, stop: Iterable[str] = ()) -> str:
         """A continuation of `prompt` by a language model (the text after the prompt)."""
-        if self.tokenizer is None:
-            raise UserError(f"generate needs a language model; this run's task is '{self.task}'", "use predict")
+        if self.task != "language_modeling":
+            raise UserError(f"generate needs a language model; this run's task is '{self.task}'"
+                            + (" (it classifies text)" if self.text_classifier else ""), "use predict")
         from trainlab.generate import generate_text
 
         return "".join(generate_text(self.model, self.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
@@ -128,6 +133,8 @@ class Predictor:
         """Raw inputs -> the (N, *input_shape) float tensor the model was trained on (standardized)."""
         if self.task == "language_modeling":
             raise UserError("a language model takes text: use generate(prompt)", "call predictor.generate")
+        if self.text_classifier:
+            return self._token_ids(inputs)
         shape = list(self.info["input_shape"])
         x = self._raw(inputs, shape)
         size = math.prod(shape)
@@ -155,6 +162,24 @@ class Predictor:
                 warnings.warn(f"these inputs are far from the training data (median {far:.0f} standard deviations "
                               "from its mean): check their units and scaling", stacklevel=3)
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _token_ids(self, inputs: Any) -> torch.Tensor:
+        """Texts (a string, a list of strings, or a Path to a .txt/.jsonl file) -> (N, block_size) token ids,
+        encoded, truncated and padded exactly as in training."""
+        from trainlab.data.text_classes import encode
+
+        if isinstance(inputs, Path):
+            texts = [t for _, t in text_inputs(inputs, getattr(self.config.data, "text_field", "text"))]
+        elif isinstance(inputs, str):
+            texts = [inputs]
+        else:
+            texts = list(inputs)
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+            if bad is not None:
+                raise UserError(f"this model classifies text; input {bad} is a {type(texts[bad]).__name__}",
+                                "give a string or a list of strings")
+        ids, _ = encode(self.tokenizer, texts, self.info["block_size"], what="input")
+        return torch.from_numpy(ids)
 
     def _raw(self, inputs: Any, shape: list[int]) -> np.ndarray:
         images = len(shape) == 3
@@ -227,6 +252,11 @@ class Predictor:
             torch.empty(0)
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.text_classifier and getattr(self.config.data, "trim", True):
+            from trainlab.data.text_classes import trim
+
+            pad = self.info["pad_id"]  # each batch cut to its longest text, as training's batches were
+            return self._batched(lambda b: self.model(trim(b, pad)), x)
         return self._batched(self.model, x)
 
 
@@ -274,6 +304,21 @@ def predict_command(run_dir: str, inputs: list[str], out: str | None, max_new_to
         w.writerow(["prompt", "continuation"])
         for prompt in prompts:
             w.writerow([prompt, p.generate(prompt, max_new_tokens, temperature=0.0)])
+    elif p.text_classifier:  # a file is one text per line (JSONL: its text field); anything else is a text
+        names, texts = [], []
+        for item in inputs:
+            path = Path(item)
+            if path.is_file():
+                for n, t in text_inputs(path, getattr(p.config.data, "text_field", "text")):
+                    names.append(f"{path.name}:{n}")
+                    texts.append(t)
+            elif path.suffix.lower() in (".txt", ".jsonl", ".json") and "\n" not in item:
+                raise UserError(f"{item} does not exist",
+                                "give a .txt file (one text per line), a .jsonl file, or a text")
+            else:
+                names.append(item)
+                texts.append(item)
+        _write_classes(w, p, names, p.features(texts))
     else:
         names, x = [], []
         for item in inputs:
@@ -293,14 +338,10 @@ def predict_command(run_dir: str, inputs: list[str], out: str | None, max_new_to
                 names += [f"{path.name}:{i + 2}" for i in range(len(rows))]  # file:line of the row
                 x.append(rows)
         feats = torch.cat(x)
-        pred = p.predict_features(feats)
         if p.task == "classification":
-            proba = p.proba_features(feats)
-            w.writerow(["input", "prediction", *[f"p_{c}" for c in (p.class_names or range(proba.shape[1]))]])
-            for n, c, pr in zip(names, pred, proba):
-                w.writerow([n, c, *[f"{v:.6f}" for v in pr]])
+            _write_classes(w, p, names, feats)
         else:
-            arr = np.asarray(pred)
+            arr = np.asarray(p.predict_features(feats))
             if arr.ndim == 2:
                 w.writerow(["input", *[f"z{i}" for i in range(arr.shape[1])]])
                 for n, row in zip(names, arr):
@@ -316,6 +357,35 @@ def predict_command(run_dir: str, inputs: list[str], out: str | None, max_new_to
         write_text(Path(out), text)
         return f"wrote {len(text.splitlines()) - 1} predictions to {out}"
     return text.rstrip("\n")
+
+
+def _write_classes(w, p: Predictor, names: list[str], feats: torch.Tensor) -> None:
+    pred, proba = p.predict_features(feats), p.proba_features(feats)
+    w.writerow(["input", "prediction", *[f"p_{c}" for c in (p.class_names or range(proba.shape[1]))]])
+    for n, c, pr in zip(names, pred, proba):
+        w.writerow([n, c, *[f"{v:.6f}" for v in pr]])
+
+
+def text_inputs(path: Path, text_field: str = "text") -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a text file; of a .jsonl file, each line's `text_field`."""
+    import json
+
+    rows = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix.lower() != ".jsonl":
+            rows.append((n, line))
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {n} is not JSON: {e.msg}", "give one JSON object per line") from None
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise UserError(f"{path} line {n} has no text field '{text_field}'",
+                            f"give each line's text as a string in '{text_field}' (the run's data.text_field)")
+        rows.append((n, row[text_field]))
+    return rows
 
 
 def _read_text(path: Path) -> str:

@@ -37,6 +37,7 @@ BUILTIN = (
     "trainlab.objectives.supervised", "trainlab.objectives.unsupervised", "trainlab.objectives.next_token",
     "trainlab.objectives.masked_lm",
     "trainlab.data.bundled", "trainlab.data.tabular", "trainlab.data.images", "trainlab.data.text",
+    "trainlab.data.text_classes",
 
 )
 

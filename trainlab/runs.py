@@ -149,7 +149,8 @@ ADAPTER = "adapter.safetensors"
 def _absolute_init(init_from: str) -> str:
     """init_from as an absolute path (keeping an hf: prefix), so the adapters find their base from anywhere."""
     prefix = "hf:" if init_from.startswith("hf:") else ""
-    return prefix + str(Path(init_from[len(prefix):]).expanduser().resolve())
+    path = Path(init_from[len(prefix):]).expanduser()
+    return prefix + str(path.resolve()) if path.exists() else init_from  # hf:PACKAGE stays a package name
 
 
 def _write_peft(model, cfg, out: Path, base: str) -> None:

@@ -2,7 +2,8 @@
 
     corpus     the Python standard library's own source (default: ~12 MB on every machine, no download),
                users' text files / folders / globs, JSONL with a text field, HF datasets saved on disk
-    split      whole documents go to train / val / test by a stable hash of their name
+    split      whole documents go to train / val / test by a stable hash of their name (the standard library:
+               stratified by package, `stdlib_splits`)
     pack       every split tokenized once into a flat uint16 (uint32 when the vocabulary needs it) file, each
                document followed by <|endoftext|>; cached under data.cache_dir by a hash of corpus,
                tokenizer and settings
@@ -95,7 +96,7 @@ def build_hf_disk(cfg: HFDiskText):
     """A Hugging Face dataset saved with save_to_disk (needs `datasets`); its text column."""
     return TextData(cfg)
 
-FORMAT_VERSION = 2  # 2: BPE vocabularies reserve <|pad|> and <|mask|>
+FORMAT_VERSION = 2  # 2: BPE vocabularies reserve <|pad|> and <|mask|>; stdlib splits by package
 SPLITS = ("train", "val", "test")
 
 
@@ -115,11 +116,46 @@ def human_size(n: float, unit: str = "B") -> str:
     return f"{number} {prefixes[i]}{sep}{unit}" if i else f"{number} {unit}"
 
 
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
 def stdlib_files() -> list[Path]:
     """The standard library's .py files of the running interpreter, without tests and site-packages."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+    root = stdlib_root()
     skip = {"site-packages", "dist-packages", "test", "tests", "idle_test"}
     return sorted(f for f in root.rglob("*.py") if not skip & set(f.relative_to(root).parts))
+
+
+def stdlib_name(f: Path) -> str:
+    """A standard-library file's name as a document: its path inside the library ("asyncio/events.py"), the
+    same on every machine with this Python version, so splits are too."""
+    return f.relative_to(stdlib_root()).as_posix()
+
+
+def stdlib_splits(val: float, test: float) -> dict[str, str]:
+    """Every standard-library file's split (by stdlib_name), stratified by top-level package: within each package
+    (the top-level modules form one group) files are ranked by a stable hash of their names, and the first
+    round(val * n) go to validation, the next round(test * n) to test, at least one each when the package has 3
+    or more files. The language-model corpus (data.source = "stdlib") and the labelled functions
+    (data.source = "stdlib_classes") both split by this rule, so with equal fractions a model pre-trained on the
+    first has never trained on the files the second validates and tests on."""
+    groups: dict[str, list[str]] = {}
+    for f in stdlib_files():
+        name = stdlib_name(f)
+        groups.setdefault(name.split("/")[0] if "/" in name else "", []).append(name)
+    out: dict[str, str] = {}
+    for names in groups.values():
+        ranked = sorted(names, key=_bucket)
+        n = len(ranked)
+        n_val, n_test = round(val * n), round(test * n)
+        if n >= 3:
+            n_val, n_test = max(n_val, 1 if val > 0 else 0), max(n_test, 1 if test > 0 else 0)
+        while n_val + n_test >= n and n_val + n_test > 0:  # at least one training file
+            n_test, n_val = (n_test - 1, n_val) if n_test >= n_val else (n_test, n_val - 1)
+        for i, name in enumerate(ranked):
+            out[name] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    return out
 
 
 def user_files(path: str) -> list[Path]:
@@ -146,7 +182,7 @@ def documents(cfg: TextTable) -> tuple[list[tuple[str, str]], int]:
     docs, skipped = [], 0
     for f in files:
         try:
-            docs.append((str(f), f.read_text(encoding="utf-8")))
+            docs.append((stdlib_name(f) if cfg.source == "stdlib" else str(f), f.read_text(encoding="utf-8")))
         except UnicodeDecodeError as e:
             if getattr(cfg, "on_decode_error", "skip") == "error":
                 raise UserError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})",
@@ -223,6 +259,20 @@ def split_documents(docs: list[tuple[str, str]], val: float, test: float) -> dic
     return out
 
 
+def split_corpus(cfg: TextTable, docs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The texts of each split, by data.split: whole documents by hash (the standard library: `stdlib_splits`,
+    stratified by package over the whole library, whatever max_bytes kept), or the tail of the text."""
+    if cfg.split == "tail":  # like nanoGPT's shakespeare: the first 90% of the text trains, the rest validates
+        text = "\n".join(t for _, t in docs)
+        a = int(len(text) * (1 - cfg.val_fraction - cfg.test_fraction))
+        b = int(len(text) * (1 - cfg.test_fraction))
+        return {"train": [text[:a]], "val": [text[a:b]], "test": [text[b:]] if b < len(text) else []}
+    if cfg.source == "stdlib":
+        where = stdlib_splits(cfg.val_fraction, cfg.test_fraction)
+        return {s: [t for name, t in sorted(docs, key=lambda d: _bucket(d[0])) if where[name] == s] for s in SPLITS}
+    return split_documents(docs, cfg.val_fraction, cfg.test_fraction)
+
+
 # ------------------------------------------------------------------------------------------------ packing
 
 
@@ -266,13 +316,7 @@ def pack(cfg: TextTable) -> Path:
         raise UserError(f"the corpus from data.source = '{cfg.source}' is empty"
                         + (f" ({skipped} files skipped as not UTF-8)" if skipped else ""),
                         "point data.path at non-empty UTF-8 text")
-    if cfg.split == "tail":  # like nanoGPT's shakespeare: the first 90% of the text trains, the rest validates
-        text = "\n".join(t for _, t in docs)
-        a = int(len(text) * (1 - cfg.val_fraction - cfg.test_fraction))
-        b = int(len(text) * (1 - cfg.test_fraction))
-        splits = {"train": [text[:a]], "val": [text[a:b]], "test": [text[b:]] if b < len(text) else []}
-    else:
-        splits = split_documents(docs, cfg.val_fraction, cfg.test_fraction)
+    splits = split_corpus(cfg, docs)
     print(f"tokenizing {len(docs):,} documents ({human_size(sum(len(t) for _, t in docs), 'characters')}"
           + (f", {skipped} non-UTF-8 files skipped" if skipped else "") + f") into {folder}", flush=True)
     # BPE learns its merges from the training split only; a character vocabulary is the alphabet of the whole

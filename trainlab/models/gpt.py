@@ -36,6 +36,8 @@ class GPTConfig(NetworkTable):
     activation: Literal["swiglu", "gelu"] = "swiglu"  # the MLP: SwiGLU (Llama) or GELU (GPT-2)
     mlp_ratio: float = Field(4.0, gt=0)  # MLP hidden width / n_embd (x 2/3 for swiglu)
     bias: bool = False  # biases in linear layers and LayerNorm
+    norm_eps: float = Field(0.0, ge=0)  # the norms' epsilon (0 = 1e-6 for RMSNorm, 1e-5 for LayerNorm)
+    rope_base: float = Field(10000.0, gt=0)  # RoPE's base: frequency_i = base^(-2i / head width)
     tie_weights: bool = True  # the output head shares the token embedding
     moe_experts: int = Field(0, ge=0)  # experts per MLP (0 = dense)
     moe_top_k: PositiveInt = 2  # experts each token is routed to
@@ -92,7 +94,9 @@ class RMSNorm(nn.Module):
 
 
 def _norm(cfg: GPTConfig) -> nn.Module:
-    return RMSNorm(cfg.n_embd) if cfg.norm == "rms" else nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+    if cfg.norm == "rms":
+        return RMSNorm(cfg.n_embd, cfg.norm_eps or 1e-6)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps or 1e-5, bias=cfg.bias)
 
 
 def rope_tables(block_size: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +260,7 @@ class GPT(nn.Module):
             if cfg.tie_weights:
                 self.head.weight = self.wte.weight  # one matrix to read tokens in and out (Press & Wolf, 2017)
         if cfg.pos == "rope":
-            cos, sin = rope_tables(block_size, cfg.n_embd // cfg.n_head)
+            cos, sin = rope_tables(block_size, cfg.n_embd // cfg.n_head, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
