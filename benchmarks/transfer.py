@@ -14,7 +14,7 @@ command, one run at a time, in this process's children.
   3. Cost: trainable parameters, peak memory (the child process's max RSS, and the bytes of weights, gradients
      and AdamW state) and time per step, full fine-tuning vs LoRA.
 
-Usage: python benchmarks/transfer.py [--seeds 3] [--steps 300] [--minilm] [--quick] [--out benchmarks/results]
+Usage: python benchmarks/transfer.py [--seeds 3] [--steps 200] [--minilm SEEDS] [--quick] [--out benchmarks/results]
 Writes OUT/transfer.json, OUT/transfer.md and OUT/transfer.png, OUT/forgetting.png; prints the tables.
 """
 
@@ -95,8 +95,9 @@ def state_bytes(summary: dict, trained: int) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps of every run")
-    ap.add_argument("--minilm", action="store_true", help="also fine-tune all-MiniLM-L6-v2 (slow on a CPU)")
+    ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps of every run")
+    ap.add_argument("--minilm", type=int, default=0, metavar="SEEDS",
+                    help="also fine-tune all-MiniLM-L6-v2 with this many seeds (slow on a CPU: minutes per run)")
     ap.add_argument("--quick", action="store_true", help="a smoke test: tiny runs, one seed")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args()
@@ -125,9 +126,10 @@ def main() -> None:
         transfer[label] = {}
         for f in FRACTIONS:
             accs = []
-            for s in seeds:
+            for s in (range(a.minilm) if recipe.endswith("minilm") else seeds):
                 name = f"{recipe}-f{f:g}-s{s}"
-                r = finetune(out, name, recipe, [*extra, *common, f"data.label_fraction={f}", f"run.seed={s}"])
+                steps_here = [] if recipe.endswith("minilm") and not a.quick else common  # MiniLM: its recipe's
+                r = finetune(out, name, recipe, [*extra, *steps_here, f"data.label_fraction={f}", f"run.seed={s}"])
                 accs.append(r["accuracy"])
                 print(f"{label:28s} labels {f:>5.0%} seed {s}: test accuracy {r['accuracy']:.3f} "
                       f"({r['summary']['wall_s']:.0f} s)", flush=True)
@@ -135,6 +137,9 @@ def main() -> None:
 
     # 2. forgetting --------------------------------------------------------------------------------------------
     before = lm_val_loss(pretrain, pretrain)
+    from trainlab import config
+
+    batch = config.load_recipe("stdlib-classes-gpt").data.batch_size
     methods = [
         ("full fine-tuning", []),
         ("LoRA (rank 8, attention)", ["model.lora.rank=8"]),
@@ -145,22 +150,38 @@ def main() -> None:
     ]
     forgetting = []
     for label, extra in methods:
-        r = finetune(out, "forget-" + label.split(" ")[0].lower().replace("(", ""), "stdlib-classes-gpt",
-                     [init, *common, *extra, "run.seed=0"])
+        slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+        r = finetune(out, "forget-" + slug, "stdlib-classes-gpt", [init, *common, *extra, "run.seed=0"])
         after = lm_val_loss(Path(r["run"]), pretrain)
         s = r["summary"]
         trained = s.get("trained_parameters", s["parameters"])
         forgetting.append({"method": label, "accuracy": r["accuracy"], "lm_loss_before": before,
                            "lm_loss_after": after, "forgetting": after - before, "trained": trained,
-                           "parameters": s["parameters"], "max_rss_mib": r["max_rss_mib"],
-                           "step_ms": 1000 * s["wall_s"] / max(1, s["steps"]),
-                           "throughput": s["metrics"]["train"].get("throughput"),
-                           "state_mib": state_bytes(s, trained) / 2**20})
+                           "parameters": s["parameters"]})
         print(f"{label:34s} accuracy {r['accuracy']:.3f}  LM loss {before:.3f} -> {after:.3f}", flush=True)
+
+    # 3. cost: full fine-tuning vs LoRA, timed on runs that do not evaluate in between ---------------------------
+    cost = []
+    for label, extra in (("full fine-tuning", []), ("LoRA (rank 8, attention)", ["model.lora.rank=8"])):
+        slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+        run = out / "runs" / f"cost-{slug}"
+        shutil.rmtree(run, ignore_errors=True)
+        n = 20 if a.quick else 80
+        used = trainlab("train", "stdlib-classes-gpt", init, *extra, f"loop.steps={n}", f"loop.eval_every={n}",
+                        "loop.log_every=10", "run.seed=0", "--run-dir", str(run))
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        speeds = [x["throughput"] for x in rows if x["split"] == "train" and "throughput" in x][1:]  # after warm-up
+        s = json.loads((run / "summary.json").read_text())
+        cost.append({"method": label, "trained": s["trained_parameters"], "parameters": s["parameters"],
+                     "step_ms": 1000 * batch / statistics.median(speeds), "max_rss_mib": used["max_rss_mib"],
+                     "state_mib": state_bytes(s, s["trained_parameters"]) / 2**20,
+                     "saved_kib": sum(f.stat().st_size for f in (run / "model").glob("*.safetensors")) / 1024})
+        print(f"{label:28s} {cost[-1]['step_ms']:.0f} ms/step, max RSS {used['max_rss_mib']:.0f} MiB", flush=True)
 
     result = {"date": str(date.today()), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.system()}",
               "python": platform.python_version(), "steps": steps, "seeds": len(seeds), "quick": a.quick,
-              "transfer": transfer, "forgetting": forgetting}
+              "pretrain": json.loads((pretrain / "summary.json").read_text())["metrics"]["val"],
+              "transfer": transfer, "forgetting": forgetting, "cost": cost}
     (out / "transfer.json").write_text(json.dumps(result, indent=2) + "\n")
     md = tables(result)
     (out / "transfer.md").write_text(md)
@@ -176,12 +197,16 @@ def tables(r: dict) -> str:
     for label, by in r["transfer"].items():
         cells = [f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})" for v in by.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| fine-tuning | test accuracy | LM val loss before -> after | forgetting | trained params | "
-              "time/step | max RSS | weights+grads+AdamW |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| fine-tuning (all labels, seed 0) | test accuracy | pre-training LM val loss before -> after | "
+              "forgetting | trained parameters |", "|---|---|---|---|---|"]
     for f in r["forgetting"]:
         lines.append(f"| {f['method']} | {f['accuracy']:.3f} | {f['lm_loss_before']:.3f} -> {f['lm_loss_after']:.3f} | "
-                     f"{f['forgetting']:+.3f} | {f['trained']:,} of {f['parameters']:,} | {f['step_ms']:.0f} ms | "
-                     f"{f['max_rss_mib']:.0f} MiB | {f['state_mib']:.1f} MiB |")
+                     f"{f['forgetting']:+.3f} | {f['trained']:,} of {f['parameters']:,} |")
+    lines += ["", "| cost | trained parameters | time per step (median) | peak RSS of the process | "
+              "weights + grads + AdamW state | model/ on disk |", "|---|---|---|---|---|---|"]
+    for c in r["cost"]:
+        lines.append(f"| {c['method']} | {c['trained']:,} of {c['parameters']:,} | {c['step_ms']:.0f} ms | "
+                     f"{c['max_rss_mib']:.0f} MiB | {c['state_mib']:.1f} MiB | {c['saved_kib']:.0f} KiB |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,12 +20,23 @@ def text_dir(tmp_path_factory):
 
 
 def recipe_args(recipe: str, text_dir) -> list[str]:
-    source = config.load_recipe(recipe).data.source
+    cfg = config.load_recipe(recipe)
+    source = cfg.data.source
     if "tokens" not in registry.get("source", source).produces:
         return []
     args = [f"data.cache_dir={text_dir / 'cache'}"]
     if source == "stdlib":  # a slice of the standard library: tokenizing all 12 MB would take most of a minute
         args += ["data.max_bytes=300000", "data.split=tail", "data.vocab_size=512"]
+    if source == "stdlib_classes":  # two small packages
+        args += ['data.packages=["email","json"]']
+    base = getattr(cfg.model, "init_from", "")
+    if base.startswith("runs/"):  # fine-tuning recipes start from a run of another bundled recipe: a tiny one
+        pre = text_dir / "bases" / base[len("runs/"):]
+        if not (pre / "model").is_dir():
+            r = run_cli("train", base[len("runs/"):], "loop.max_steps=2", "loop.eval_every=2",
+                        *recipe_args(base[len("runs/"):], text_dir), "--run-dir", str(pre))
+            assert r.returncode == 0, r.stderr
+        args += [f"model.init_from={pre}"]
     return args + ([f"data.path={text_dir / 'play.txt'}"] if source == "text" else [])
 
 
@@ -36,7 +47,7 @@ def test_every_bundled_recipe_trains_evaluates_and_reports(tmp_path, recipe, tex
     r = run_cli("train", recipe, "loop.max_steps=8", "loop.eval_every=4", *recipe_args(recipe, text_dir),
                 "--run-dir", str(run))
     assert r.returncode == 0, r.stderr
-    if config.load_recipe(recipe).model.kind == "gpt":
+    if config.load_recipe(recipe).model.kind == "gpt" and config.load_recipe(recipe).model.head == "lm":
         r = run_cli("sample", str(run), "--prompt", "I ", "--max-new-tokens", "20", "--seed", "0")
         assert r.returncode == 0 and r.stdout.startswith("I "), r.stderr
     summary = json.loads((run / "summary.json").read_text())

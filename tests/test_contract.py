@@ -37,6 +37,8 @@ def write_sources(root) -> dict[str, dict]:
     for i, d in enumerate(docs):
         (root / "text" / f"{i}.txt").write_text(d)
     (root / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    (root / "labelled.jsonl").write_text("".join(json.dumps({"text": d[:80], "label": ["a", "b"][i % 2]}) + "\n"
+                                                 for i, d in enumerate(docs * 4)))
     from datasets import Dataset
 
     Dataset.from_dict({"text": docs}).save_to_disk(str(root / "hf"))
@@ -48,6 +50,8 @@ def write_sources(root) -> dict[str, dict]:
         "idx": {"path": str(root / "x.idx"), "labels_path": str(root / "y.idx")},
         "stdlib": {**text, "max_bytes": 400_000, "split": "tail"}, "text": {**text, "path": str(root / "text")},
         "jsonl": {**text, "path": str(root / "d.jsonl")}, "hf_disk": {**text, "path": str(root / "hf")},
+        "stdlib_classes": {**text, "packages": ["email", "json"]},
+        "jsonl_classes": {**text, "path": str(root / "labelled.jsonl")},
     }
 
 

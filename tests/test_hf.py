@@ -298,7 +298,11 @@ def test_other_refusals_are_one_line(tmp_path, tokenizers_):
     assert "holds no trained model" in _refused(tmp_path, tmp_path / "nowhere")
     good, _, _ = _run(tmp_path / "good", tokenizers_, "bpe", **LLAMA)
     assert "--format 'onnx' is not supported" in _refused(tmp_path, good, "--format", "onnx")
-    assert "holds the run being exported" in _refused(tmp_path, good, "--force", out=good)
+    assert "overlaps the run being exported" in _refused(tmp_path, good, "--force", out=good)
+    (good / "checkpoints").mkdir(exist_ok=True)
+    (good / "checkpoints" / "keep").write_text("a checkpoint")
+    assert "overlaps the run being exported" in _refused(tmp_path, good, "--force", out=good / "checkpoints")
+    assert (good / "checkpoints" / "keep").is_file()
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")

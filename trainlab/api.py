@@ -102,12 +102,23 @@ def train(recipe: str | Path | config.Config | dict = "digits-mlp", overrides: l
     if resume and cfg.model.kind == "module" and model is None:
         raise UserError("resuming a run of your own nn.Module needs the module", "pass model=MyNet() with resume=True")
     with distributed.session(cfg.loop) as ctx:
+        existed = run_dir is not None and Path(run_dir).exists()
         # Rank 0 picks (and locks) the folder, a numbered one may be taken meanwhile; every process uses it.
         found = ctx.broadcast(_attempt(pick_run_dir, cfg, run_dir, resume) if ctx.main else None)
         if isinstance(found, tuple):
             raise UserError(*found)
         try:
             summary = loop.train(cfg, found, resume=resume, ctx=ctx, model=model, objective=objective)
+        except UserError:
+            # Refused before anything was written (a bad init_from, data that cannot be read): leave no folder.
+            if ctx.main and not existed and not resume and runs.is_empty(found):
+                runs.unlock(found)
+                (found / runs.LOCK).unlink(missing_ok=True)
+                try:
+                    found.rmdir()
+                except OSError:
+                    pass
+            raise
         finally:  # also after an error: a notebook can resume the folder at once
             if ctx.main:
                 runs.unlock(found)

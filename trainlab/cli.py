@@ -94,6 +94,9 @@ def cmd_sample(args) -> None:
     if info.get("task") != "language_modeling":
         raise UserError(f"{args.run_dir} holds a {info.get('task')} model, not a language model",
                         "sample from a run of a GPT recipe, e.g. stdlib-gpt")
+    if not getattr(model, "generates", False):
+        raise UserError(f"{args.run_dir} holds a masked language model (an encoder): it fills in hidden tokens "
+                        "from both sides and cannot continue a text", "sample from a GPT run, e.g. stdlib-gpt")
     if args.max_new_tokens < 1 or not args.temperature >= 0 or not math.isfinite(args.temperature) \
             or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise UserError("--max-new-tokens must be >= 1, --temperature a number >= 0, --top-k >= 0 and "
@@ -176,7 +179,7 @@ def print_keys() -> None:
         for key, default, kind in config.table_keys(cls):
             if key == skip:
                 continue
-            note = notes.get(key.split(".")[-1], "")
+            note = notes.get(key, "")
             print(f"  {table}.{key} = {json.dumps(default)}  ({kind})" + (f"  # {note}" if note else ""))
 
     for table, field in config.Config.model_fields.items():

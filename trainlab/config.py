@@ -47,7 +47,7 @@ class ModelTable(Table):
 class NetworkTable(ModelTable):
     """A model trained by the loop (not fitted in one call)."""
 
-    init_from: str = ""  # a finished run folder: build from its model/ and load its weights (and tokenizer)
+    init_from: str = ""  # a finished run folder, or hf:PATH (a Hugging Face folder): its architecture and weights
     init_skip: list[str] = []  # with init_from: parameter-name prefixes left freshly initialized (a new head)
 
 
@@ -352,8 +352,9 @@ def table_keys(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, Any, s
     return out
 
 
-def key_comments(cls: type[BaseModel]) -> dict[str, str]:
-    """The comment beside each key in the source of `cls` and its bases: the documentation `--keys` shows."""
+def key_comments(cls: type[BaseModel], prefix: str = "") -> dict[str, str]:
+    """The comment of each key in the source of `cls` and its bases (beside the key, or the comment lines right
+    above it), nested tables by their dotted key: the documentation `--keys` shows."""
     import inspect
     import re
 
@@ -365,10 +366,18 @@ def key_comments(cls: type[BaseModel]) -> dict[str, str]:
             lines = inspect.getsource(c).splitlines()
         except (OSError, TypeError):
             continue
+        above: list[str] = []
         for line in lines:
-            m = re.match(r"\s+(\w+): [^#]*#\s*(.+)$", line)
-            if m:
-                notes[m.group(1)] = m.group(2).strip()
+            if line.strip().startswith("#"):
+                above.append(line.strip().lstrip("#").strip())
+                continue
+            m = re.match(r"\s+(\w+): [^#]*?(?:#\s*(.+))?$", line)
+            if m and m.group(1) in cls.model_fields and (m.group(2) or above):
+                notes[prefix + m.group(1)] = (m.group(2) or " ".join(above)).strip()
+            above = []
+    for name, f in cls.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            notes.update(key_comments(f.annotation, f"{prefix}{name}."))
     return notes
 
 

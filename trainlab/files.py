@@ -233,6 +233,13 @@ def check_fits(built_for: dict, data: dict, where: str) -> None:
     if not problems and built_for.get("class_names") and data.get("class_names") \
             and built_for["class_names"] != data["class_names"]:
         problems.append("class names differ")
+    if "vocab_size" in built_for and "pad_id" not in built_for and "pad_id" in data:
+        raise UserError(f"the model in {where} was trained by an earlier trainlab, whose tokenizer and standard-"
+                        "library split this version does not rebuild (text format 1)",
+                        "retrain it with this version (its tokens would no longer mean what they meant)")
+    if not problems and built_for.get("tokenizer_sha256") and data.get("tokenizer_sha256") \
+            and built_for["tokenizer_sha256"] != data["tokenizer_sha256"]:
+        problems.append("another tokenizer.json")
     if problems:
         raise UserError(f"the model in {where} was trained on other data than the run's config.toml describes "
                         f"now ({'; '.join(problems)})",

@@ -364,11 +364,13 @@ def _check_out(out: Path, force: bool, protect: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder", "choose a new folder for the export")
     try:
-        inside = protect.resolve().is_relative_to(out.resolve())
+        run = protect.resolve().parent  # the run folder (model/'s parent): neither inside --out nor holding it
+        inside = run.is_relative_to(out.resolve()) or out.resolve().is_relative_to(run)
     except OSError:
         inside = False
     if inside:
-        raise UserError(f"--out {out} holds the run being exported", "choose a folder outside the run")
+        raise UserError(f"--out {out} overlaps the run being exported ({protect.resolve().parent})",
+                        "choose a folder outside the run")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise UserError(f"--out {out} exists and is not empty", "choose a new folder, or pass --force to replace it")
 
@@ -521,13 +523,26 @@ def _unsupported(path: Path, key: str, value, why: str) -> UserError:
                      "trainlab's GPT cannot represent it; use a model without it")
 
 
+def _valid_table(raw: dict, path: Path):
+    """The [model] table a folder's config.json maps to, or one line naming what trainlab's tables reject."""
+    from trainlab import config
+
+    try:
+        return config.table("model", raw)
+    except config._TableInvalid as e:
+        err = e.error.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"{path / 'config.json'} maps to model.{key} = {err.get('input')!r}, which trainlab "
+                        f"rejects ({err['msg']})", "fix the folder's config.json, or use another model") from None
+
+
 def _ratio(width: int, t_raw: dict, factor: float, path: Path, key: str) -> float:
     """An mlp_ratio for which trainlab builds an MLP exactly `width` wide (checked with the model's own code)."""
     from trainlab import config
 
     r = width * factor / t_raw["n_embd"]
     for _ in range(8):
-        t = config.table("model", {**t_raw, "mlp_ratio": r})
+        t = _valid_table({**t_raw, "mlp_ratio": r}, path)
         if _mlp_width(t) == width:
             return r
         r = math.nextafter(r, math.inf)
@@ -728,7 +743,7 @@ def read(path: str | Path) -> Imported:
     info = {"task": "language_modeling", "vocab_size": vocab, "block_size": block, "tokenizer": "bpe",
             "eot_id": eot, "pad_id": pad, "mask_id": mask,
             "special_ids": sorted(special | {i for i in (eot, pad) if i is not None})}
-    table = config.table("model", raw)
+    table = _valid_table(raw, p)
 
     where = {}
     for name, loc in _open_weights(_weight_files(p)).items():

@@ -152,6 +152,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
             raise UserError(f"resuming with a recipe that differs from the run's config.toml in {', '.join(other)}",
                             "resume with the same recipe and overrides (only the run's length, "
                             f"{', '.join(LENGTH_KEYS)}, may change), or start a new run")
+        if (run_dir / "model" / "config.json").is_file():  # the data must be what the run was trained on
+            files.check_fits(files.read_meta(run_dir / "model" / "config.json").info.model_dump(), data.info,
+                             run_dir / "model")
         state = ctx.load_checkpoint(ckpt_root / "last", model, optimizer)
         state_file = ckpt_root / "last" / checkpoint.STATE
         files.restore("data position", state_file, stream.load_state_dict, state["batches"])
@@ -342,8 +345,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
         exported = {"step": best["step"], "why": f"the best validation {best['metric']} ({best['value']:.4g})"}
     if not val:  # a resumed run that had nothing left to do
         val = data.validate(policy, L.eval_batches)
-    writer.model(ctx.full_model(model, (lambda: unsharded) if own_model is not None else
-                                lambda: models.build(cfg.model, data.info)), cfg, data, exported["step"])
+    full = ctx.full_model(model, (lambda: unsharded) if own_model is not None else
+                          lambda: models.build(cfg.model, data.info))
+    if full is not None and hasattr(model, "fresh_tensors"):  # FSDP gathered into a new model: what LoRA saves
+        full.fresh_tensors = model.fresh_tensors
+    writer.model(full, cfg, data, exported["step"])
     log.close()
     summary.update(status=status, steps=step, wall_s=round(wall_before + time.time() - t_start, 3))
     summary["metrics"]["val"] = val
@@ -408,8 +414,9 @@ def _warnings(cfg: Config, data, plan) -> list[str]:
     if data.unit == "ex" and cfg.loop.steps < 100 and epochs < 20 and not cfg.loop.max_steps:
         notes.append(f"only {cfg.loop.steps} optimizer steps ({epochs:.1f} passes over {sizes.get('train', 0):,} "
                      "training examples): likely too short to learn; raise loop.epochs or lower data.batch_size")
-    base = Path(getattr(cfg.model, "init_from", "") or ".") / "config.toml"
-    if cfg.data.source == "stdlib_classes" and base.is_file():  # a model pre-trained on the standard library
+    init = getattr(cfg.model, "init_from", "")
+    base = models.init_source(init).parent / "config.toml" if init and not init.startswith(models.HF_PREFIX) else None
+    if cfg.data.source == "stdlib_classes" and base is not None and base.is_file():  # pre-trained on the stdlib
         pre = config.load_resolved(base).data
         if pre.source == "stdlib" and (pre.val_fraction, pre.test_fraction) != (cfg.data.val_fraction,
                                                                                 cfg.data.test_fraction):

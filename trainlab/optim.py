@@ -36,15 +36,19 @@ class Unfreezer:
 
     def __init__(self, model: nn.Module, every: int):
         depth = layer_depths(model, "optim.unfreeze_every")
-        self.every, self.top = every, max(depth.values())
+        self.every = every
         self.params = [(depth[n], p) for n, p in model.named_parameters() if p.requires_grad]
+        # The layers that have something to train (LoRA adapters live in the blocks only; optim.freeze may take
+        # the top): the first period trains the highest of them.
+        self.depths = sorted({d for d, _ in self.params}, reverse=True)
         self.layers = -1
 
     def __call__(self, step: int) -> int:
-        layers = min(self.top + 1, 1 + step // self.every)
+        layers = min(len(self.depths), 1 + step // self.every)
         if layers != self.layers:
+            lowest = self.depths[layers - 1]
             for d, p in self.params:
-                p.requires_grad_(d > self.top - layers)
+                p.requires_grad_(d >= lowest)
             self.layers = layers
         return layers
 

@@ -18,7 +18,8 @@ Pairings are checked by capabilities, not by names:
   - a source `provides` what its batches hold: "features" (arrays), "images" (C, H, W arrays), "tokens",
     "labels" ("labels?" when the data decides: a CSV with or without a target);
   - a model `consumes` one of those and `produces` outputs: "predictions" (one vector per example),
-    "codes"/"reconstruction"/"latent_distribution" (autoencoders), "token_logits"/"hidden_states" (a GPT);
+    "codes"/"reconstruction"/"latent_distribution" (autoencoders), "token_logits"/"hidden_states" (a GPT),
+    "masked_token_logits" (an encoder's masked-LM head);
   - an objective `needs` model outputs, and `data_needs` what the batches must carry.
 """
 
@@ -52,6 +53,7 @@ class Entry:
     produces: frozenset[str] = frozenset()  # models: their outputs; sources: what their batches hold
     needs: frozenset[str] = frozenset()  # objectives: model outputs they use
     data_needs: frozenset[str] = frozenset()  # objectives: what the data must provide
+    refuses: frozenset[str] = frozenset()  # objectives: data they cannot train on (language models: labelled text)
     objective: str = ""  # models: the objective `kind = "auto"` means
     fitted: bool = False  # models fitted in one call (scikit-learn), not by the training loop
     doc: str = ""
@@ -75,10 +77,11 @@ def model(name: str, table: type, *, consumes: set[str], produces: set[str] = fr
     return deco
 
 
-def objective(name: str, table: type, *, needs: set[str] = frozenset(), data_needs: set[str] = frozenset()):
+def objective(name: str, table: type, *, needs: set[str] = frozenset(), data_needs: set[str] = frozenset(),
+              refuses: set[str] = frozenset()):
     def deco(build: Callable) -> Callable:
         _register(Entry("objective", name, table, build, needs=frozenset(needs), data_needs=frozenset(data_needs),
-                        doc=(build.__doc__ or "").strip().split("\n")[0]))
+                        refuses=frozenset(refuses), doc=(build.__doc__ or "").strip().split("\n")[0]))
         return build
     return deco
 
@@ -157,6 +160,7 @@ def check_pairing(model, objective_kind: str, source_name: str) -> None:
                         f"{', '.join(sorted(produces))}", f"use objective.kind in {['auto', *fits]}"
                         + (" or another model.head" if head else ""))
     missing = {n for n in o.data_needs if n not in provides}
+    _refused(objective_kind, o, {p for p in s.produces if not p.endswith("?")}, f"data.source = '{source_name}'")
     if missing:
         raise UserError(f"objective.kind = '{objective_kind}' needs data with {', '.join(sorted(missing))}; "
                         f"data.source = '{source_name}' gives {', '.join(sorted(provides))}",
@@ -177,6 +181,15 @@ def data_capabilities(info: dict) -> set[str]:
     return caps
 
 
+def _refused(objective_kind: str, o: Entry, caps: set[str], what: str) -> None:
+    """Labelled text (rows of tokens with a class each) is not running text: a language-model objective on it
+    would read batches it does not have."""
+    if o.refuses & caps:
+        raise UserError(f"objective.kind = '{objective_kind}' trains on running text; {what} gives labelled "
+                        f"examples ({', '.join(sorted(o.refuses & caps))})", "set model.head = 'classify' "
+                        "(objective.kind = 'supervised'), or use a text corpus (data.source = 'stdlib', 'text', ...)")
+
+
 def check_data(model_kind: str, objective_kind: str | None, info: dict) -> None:
     caps = data_capabilities(info)
     m = get("model", model_kind)
@@ -188,6 +201,7 @@ def check_data(model_kind: str, objective_kind: str | None, info: dict) -> None:
     if objective_kind is None:
         return
     o = get("objective", objective_kind)
+    _refused(objective_kind, o, caps, "this data")
     missing = o.data_needs - caps
     if missing == {"labels"}:
         raise UserError(f"objective.kind = '{objective_kind}' needs labels, but the data is '{info.get('task')}'",

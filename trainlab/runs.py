@@ -128,9 +128,12 @@ class RunWriter:
             # Adapters only (and a new head): the base model stays where init_from points, as with PEFT.
             from safetensors.torch import save_file
 
-            save_file(lora.adapter_state_dict(model), str(tmp / ADAPTER))
-            meta["adapter"] = {"base": _absolute_init(base), "file": ADAPTER}
-            _write_peft(model, cfg, tmp / "peft", meta["adapter"]["base"])
+            from trainlab import models
+
+            save_file(lora.adapter_state_dict(model), str(tmp / models.ADAPTER))
+            meta["adapter"] = {"base": _absolute_init(base), "file": models.ADAPTER,
+                               "fingerprint": models.base_fingerprint(base)}
+            _write_peft(model, cfg, tmp / "peft", base)
         else:
             save_model(model, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -143,23 +146,25 @@ class RunWriter:
         shutil.rmtree(old, ignore_errors=True)
 
 
-ADAPTER = "adapter.safetensors"
-
-
 def _absolute_init(init_from: str) -> str:
     """init_from as an absolute path (keeping an hf: prefix), so the adapters find their base from anywhere."""
-    prefix = "hf:" if init_from.startswith("hf:") else ""
+    from trainlab.models import HF_PREFIX
+
+    prefix = HF_PREFIX if init_from.startswith(HF_PREFIX) else ""
     path = Path(init_from[len(prefix):]).expanduser()
     return prefix + str(path.resolve()) if path.exists() else init_from  # hf:PACKAGE stays a package name
 
 
 def _write_peft(model, cfg, out: Path, base: str) -> None:
-    """model/peft/: the adapters as a PEFT folder, when the base model has a Hugging Face architecture."""
-    from trainlab import hf
+    """model/peft/: the adapters as a PEFT folder, when the base model has a Hugging Face architecture. Its
+    base_model_name_or_path is the base's Hugging Face folder when it came from one; a trainlab run must be
+    exported first (`trainlab export BASE --format hf`), so it names none."""
+    from trainlab import hf, models
     from trainlab.errors import UserError
 
+    folder = str(models.hf_folder(base).resolve()) if base.startswith(models.HF_PREFIX) else ""
     try:
-        hf.write_peft(model, cfg.model, out, base)
+        hf.write_peft(model, cfg.model, out, folder)
     except UserError:  # no Hugging Face architecture for this model: trainlab's own adapter file is enough
         shutil.rmtree(out, ignore_errors=True)
 

@@ -422,7 +422,8 @@ class TextData:
                      "special_ids": sorted({i for i in (self.tokenizer.eot_id, self.tokenizer.pad_id) if i is not None}),
                      "split_sizes": {s: m["tokens"] for s, m in meta["splits"].items()},
                      "documents": {s: m["documents"] for s, m in meta["splits"].items()},
-                     "skipped_files": meta["skipped_files"], "source": cfg.source}
+                     "skipped_files": meta["skipped_files"], "source": cfg.source,
+                     "tokenizer_sha256": tok_lib.digest(self.folder / "tokenizer.json")}
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["idx"].numel()

@@ -12,8 +12,9 @@ Every example is tokenized once into `block_size` token ids, right-padded with t
 text keeps its first block_size tokens; a tokenizer whose post-processor adds special tokens ([CLS] ... [SEP] of
 a BERT WordPiece) truncates inside them, so the closing token survives. Special tokens written literally in a text
 ("<|pad|>", "[PAD]", "<|endoftext|>") are encoded as ordinary text, so the padding id never occurs inside a real
-text: models find the real tokens as `x != info["pad_id"]` (the character tokenizer pads with the document
-boundary, which no character encodes to). `encode` is the one function training and `trainlab predict` share.
+text: models find the real tokens as `x != info["pad_id"]` (<|pad|>, [PAD]; a character vocabulary written before
+format 2 pads with the document boundary, which no character encodes to). `encode` is the one function training
+and `trainlab predict` share.
 
 The tokenizer is data.tokenizer_path (a pre-trained run's tokenizer.json, or a Hugging Face folder's), else a
 byte-level BPE trained on the training split's texts (the character vocabulary: every split's alphabet, as for
@@ -461,7 +462,8 @@ class TextClassesData(Data):
                 "split_sizes": {s: len(v) for s, v in splits.items()}, "capabilities": ["tokens", "labels"],
                 "examples_per_class": {n: int(c) for n, c in zip(names, per_class)},
                 "label_fraction": cfg.label_fraction,
-                "truncated_fraction": meta["truncated"] / max(1, meta["examples"])}
+                "truncated_fraction": meta["truncated"] / max(1, meta["examples"]),
+                "tokenizer_sha256": tok_lib.digest(folder / "tokenizer.json")}
         super().__init__(splits, info, cfg)
         self.folder, self.meta = folder, meta
         self.files = meta.get("files")  # stdlib_classes: the files of each split

@@ -21,7 +21,7 @@ from trainlab.errors import UserError
 
 EOT = "<|endoftext|>"  # between documents
 SPECIAL_TOKENS = [EOT, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-PAD, MASK = "<|pad|>", "<|mask|>"  # BPE only: padding for batches of texts, the masked-LM's hidden token
+PAD, MASK = "<|pad|>", "<|mask|>"  # padding for batches of texts, the masked-LM's hidden token (format 2)
 # The same roles under the names other tokenizers give them (a BERT WordPiece, a Llama or GPT-2 BPE imported
 # from Hugging Face): looked up in this order.
 _ROLE_NAMES = {"eot": [EOT, "</s>", "<|end_of_text|>", "[SEP]"], "pad": [PAD, "[PAD]", "<pad>"],
@@ -86,6 +86,10 @@ class BPETokenizer:
     kind = "bpe"
 
     def __init__(self, tok):
+        # A Hugging Face tokenizer.json may carry its own truncation and padding (MiniLM's: 128 tokens, padded):
+        # corpora are packed whole and labelled text is cut and padded by trainlab itself.
+        tok.no_truncation()
+        tok.no_padding()
         self.tok = tok
 
     @classmethod
@@ -144,6 +148,13 @@ def train_tokenizer(kind: str, texts: Iterator[str] | list[str], vocab_size: int
         raise UserError(f"data.vocab_size = {vocab_size} is below the 256 bytes + {len(SPECIAL_TOKENS) + 2} special tokens "
                         "a byte-level BPE starts from", "raise data.vocab_size (e.g. 2048) or use data.tokenizer=char")
     return BPETokenizer.train(texts, vocab_size)
+
+
+def digest(path: str | Path) -> str:
+    """The identity of a tokenizer file: runs record it, and a model is never fed another tokenizer's ids."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def save(tokenizer, path: str | Path) -> None:

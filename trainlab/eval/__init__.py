@@ -55,6 +55,47 @@ def evaluate_language_model(model, data, split: str) -> dict:
             "baseline": {"name": "unigram token frequencies of the training split", **lm(base)}}
 
 
+def evaluate_masked_lm(model, data, split: str, cfg) -> dict:
+    """A masked language model: the loss, perplexity and accuracy on the masked positions of every window of the
+    split (the masks validation draws: fixed per window), beside the unigram model on the same positions. A
+    next-token loss would mean nothing here: the encoder sees the token it would be asked for."""
+    import math
+
+    import torch
+
+    from trainlab import objectives
+
+    objective = objectives.build(cfg.objective, data.info, cfg.model.kind)
+    model.eval()
+    counts = np.bincount(np.asarray(data.tokens["train"]), minlength=data.info["vocab_size"]) + 1.0
+    logp = torch.from_numpy(np.log(counts / counts.sum()))
+    top = int(logp.argmax())  # the unigram model's guess at every position
+    nll = base = correct = base_correct = 0.0
+    n = 0
+    with torch.no_grad():
+        for batch in data.eval_batches(split):
+            idx = batch["idx"]
+            x, targets = objective.corrupt(idx, objective.eval_generator(idx))  # the masks validation draws
+            chosen = targets != -100
+            logits = model(x)[chosen].float()
+            nll += float(torch.nn.functional.cross_entropy(logits, targets[chosen], reduction="sum"))
+            correct += float((logits.argmax(-1) == targets[chosen]).sum())
+            base -= float(logp[targets[chosen]].sum())
+            base_correct += float((targets[chosen] == top).sum())
+            n += int(chosen.sum())
+    if n == 0:
+        raise UserError(f"the '{split}' split holds no complete window of data.block_size tokens",
+                        "evaluate another split, or train with a larger data.val_fraction/test_fraction")
+
+    def lm(loss):
+        return {"masked_loss": loss, "masked_perplexity": math.exp(min(loss, 50.0))}
+
+    return {"split": split, "n": n, "task": "language_modeling", "objective": "masked_lm",
+            "metrics": {**lm(nll / n), "mask_accuracy": correct / n},
+            "baseline": {"name": "unigram token frequencies of the training split", **lm(base / n),
+                         "mask_accuracy": base_correct / n}}
+
+
 def evaluate_run(run_dir: str | Path, split: str = "val", model: tuple | None = None) -> dict:
     """The run's model on its own `split` beside a baseline, written to eval_<split>.json. `model`: (module,
     info) already loaded (trainlab.load of a run of your own module), instead of rebuilding it from model/."""
@@ -65,6 +106,10 @@ def evaluate_run(run_dir: str | Path, split: str = "val", model: tuple | None = 
     model, info = model if model is not None else models.load(run_dir / "model")
     data = data_lib.build(cfg.data)  # the same seeded split the run was trained on
     files.check_fits(info, data.info, run_dir / "model")
+    if info.get("task") == "language_modeling" and cfg.objective.kind == "masked_lm":
+        out = evaluate_masked_lm(model, data, split, cfg)
+        write_json(run_dir / f"eval_{split}.json", out)
+        return out
     if info.get("task") == "language_modeling":
         out = evaluate_language_model(model, data, split)
         write_json(run_dir / f"eval_{split}.json", out)
@@ -99,6 +144,7 @@ def format_table(result: dict) -> str:
     keys = [k for k, v in m.items() if isinstance(v, float)]
     used = set(result.get("labels_used", ()))
     unit = "tokens" if result.get("task") == "language_modeling" else "examples"
+    unit = "masked tokens" if result.get("objective") == "masked_lm" else unit
     lines = [f"{result['split']} split, {result['n']} {unit}", f"{'metric':<18}{'model':>12}{'baseline':>12}"]
     lines += [f"{k:<18}{m[k]:>12.4f}{b[k] if k in b else float('nan'):>12.4f}" + ("   (uses labels)" if k in used else "")
               for k in keys]

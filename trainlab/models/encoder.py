@@ -26,7 +26,7 @@ from trainlab import registry
 from trainlab.config import NetworkTable
 from trainlab.errors import UserError
 from trainlab.models import lora as lora_lib
-from trainlab.models.gpt import pool
+from trainlab.models.gpt import head_classes, pool
 
 
 class EncoderConfig(NetworkTable):
@@ -45,7 +45,7 @@ class EncoderConfig(NetworkTable):
     lora: lora_lib.LoRAConfig = lora_lib.LoRAConfig()  # low-rank adapters (rank 0 = train every weight)
 
     def outputs(self) -> set[str]:
-        return {"token_logits", "hidden_states"} if self.head == "mlm" else {"predictions", "hidden_states"}
+        return {"masked_token_logits", "hidden_states"} if self.head == "mlm" else {"predictions", "hidden_states"}
 
     def own_objective(self) -> str:
         return "masked_lm" if self.head == "mlm" else "supervised"
@@ -59,19 +59,13 @@ class EncoderConfig(NetworkTable):
 
 
 @registry.model("encoder", EncoderConfig, consumes={"tokens"},
-                produces={"token_logits", "hidden_states", "predictions"}, objective="masked_lm")
+                produces={"masked_token_logits", "hidden_states", "predictions"}, objective="masked_lm")
 def build(cfg: EncoderConfig, info: dict) -> nn.Module:
     """Bidirectional Transformer encoder (BERT): masked-LM pre-training or text classification."""
     if info["block_size"] > cfg.max_positions:
         raise UserError(f"data.block_size = {info['block_size']} is longer than the encoder's "
                         f"model.max_positions = {cfg.max_positions}", "lower data.block_size")
-    num_classes = 0
-    if cfg.head == "classify":
-        num_classes = info.get("num_classes", 0) if info.get("task") == "classification" else 0
-        if num_classes < 2:
-            raise UserError(f"model.head = 'classify' needs labelled text with 2 or more classes; this data is "
-                            f"'{info.get('task')}'", "use a labelled text source (data.source = 'stdlib_classes' "
-                            "or 'jsonl_classes'), or model.head = 'mlm'")
+    num_classes = head_classes(cfg, info, "mlm")
     model = Encoder(cfg, info["vocab_size"], num_classes, info.get("pad_id"))
     lora_lib.apply(model, cfg.lora, keep_trainable=model.head_prefixes() if cfg.head == "classify" else ())
     return model
@@ -156,7 +150,7 @@ class Encoder(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) token ids (right- or left-padded with pad_id) -> hidden states (B, T, C)."""
+        """idx (B, T) token ids (right-padded with pad_id: positions count from the first column) -> (B, T, C)."""
         b, t = idx.shape
         if t > self.cfg.max_positions:
             raise ValueError(f"{t} tokens exceed the encoder's {self.cfg.max_positions} positions")

@@ -68,14 +68,7 @@ class GPTConfig(NetworkTable):
                 objective="next_token")
 def build(cfg: GPTConfig, info: dict) -> nn.Module:
     """Decoder-only Transformer (RoPE or learned positions, RMSNorm or LayerNorm, SwiGLU or GELU, MoE)."""
-    num_classes = 0
-    if cfg.head == "classify":
-        num_classes = info.get("num_classes", 0) if info.get("task") == "classification" else 0
-        if num_classes < 2:
-            raise UserError(f"model.head = 'classify' needs labelled text with 2 or more classes; this data is "
-                            f"'{info.get('task')}'" + (f" with {num_classes} class" if num_classes else ""),
-                            "use a labelled text source (data.source = 'stdlib_classes' or 'jsonl_classes'), "
-                            "or model.head = 'lm'")
+    num_classes = head_classes(cfg, info, "lm")
     model = GPT(cfg, info["vocab_size"], info["block_size"], num_classes, info.get("pad_id"))
     lora_lib.apply(model, cfg.lora, keep_trainable=("head.",) if cfg.head == "classify" else ())
     return model
@@ -247,6 +240,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg, self.vocab_size, self.block_size = cfg, vocab_size, block_size
         self.classify, self.pad_id = cfg.head == "classify", pad_id
+        self.generates = not self.classify  # a language model: `trainlab sample` and Predictor.generate
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
@@ -343,6 +337,19 @@ class GPT(nn.Module):
             per_layer += c.moe_top_k * expert
         matmul = c.n_layer * per_layer + c.n_embd * self.vocab_size  # + the output head
         return 6 * matmul + 12 * c.n_layer * c.n_embd * self.block_size
+
+
+def head_classes(cfg, info: dict, other_head: str) -> int:
+    """The classes a `head = "classify"` model predicts (0 for other heads); labelled text of 2 or more."""
+    if cfg.head != "classify":
+        return 0
+    num_classes = info.get("num_classes", 0) if info.get("task") == "classification" else 0
+    if num_classes < 2:
+        raise UserError(f"model.head = 'classify' needs labelled text with 2 or more classes; this data is "
+                        f"'{info.get('task')}'" + (f" with {num_classes} class" if num_classes else ""),
+                        "use a labelled text source (data.source = 'stdlib_classes' or 'jsonl_classes'), "
+                        f"or model.head = '{other_head}'")
+    return num_classes
 
 
 def pool(h: torch.Tensor, idx: torch.Tensor, pad_id: int | None, how: str) -> torch.Tensor:

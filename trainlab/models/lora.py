@@ -3,7 +3,7 @@
     y = x W^T + b + (dropout(x) A^T B^T) * alpha / rank          A: (rank, in), B: (out, rank), B starts at 0
 
 so the adapted model starts exactly where the pre-trained one was. Only A and B (and a new task head) train;
-`merge` folds B @ A * alpha / rank into W for export. An adapted layer keeps its parameter names (`qkv.weight`,
+`merged_state_dict` folds B @ A * alpha / rank into W for export. An adapted layer keeps its parameter names (`qkv.weight`,
 `qkv.bias`) and adds `qkv.lora_A`, `qkv.lora_B`, so pre-trained weights load into it by name.
 
 `[model.lora]` in a recipe (rank 0 = no adapters):
@@ -49,12 +49,9 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initializes its weight
         self.lora_drop = nn.Dropout(dropout)
-        self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
-        if self.merged:
-            return y
         return y + F.linear(F.linear(self.lora_drop(x), self.lora_A), self.lora_B) * self.scale
 
     def delta(self) -> torch.Tensor:
@@ -86,7 +83,7 @@ def apply(model: nn.Module, cfg: LoRAConfig, keep_trainable: tuple[str, ...] = (
         layer = linears[n]
         if cfg.rank > min(layer.in_features, layer.out_features):
             raise UserError(f"model.lora.rank = {cfg.rank} is larger than the layer {n} "
-                            f"({layer.in_features} -> {layer.out_features}): a low-rank update must have rank < "
+                            f"({layer.in_features} -> {layer.out_features}): its rank is at most "
                             f"{min(layer.in_features, layer.out_features)}", "lower model.lora.rank")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -119,7 +116,9 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a LoRA run adds to its base model: the adapters, and a classifier's new head."""
+    """What a LoRA run adds to its base model: the adapters, a classifier's new head, and any other tensor that
+    did not come from the base (`fresh_tensors`, set by models.load_initial_weights)."""
     heads = tuple(model.head_prefixes()) if getattr(model, "classify", False) else ()
+    fresh = set(getattr(model, "fresh_tensors", ()))
     return {n: t.detach().contiguous() for n, t in model.state_dict().items()
-            if is_adapter(n) or (heads and n.startswith(heads))}
+            if is_adapter(n) or (heads and n.startswith(heads)) or n in fresh}

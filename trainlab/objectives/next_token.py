@@ -19,7 +19,7 @@ class NextTokenConfig(ObjectiveTable):
     moe_aux_weight: float = Field(0.01, ge=0)  # weight of the MoE load-balancing loss
 
 
-@registry.objective("next_token", NextTokenConfig, needs={"token_logits"}, data_needs={"tokens"})
+@registry.objective("next_token", NextTokenConfig, needs={"token_logits"}, data_needs={"tokens"}, refuses={"labels"})
 def build(cfg: NextTokenConfig, info: dict):
     """Cross-entropy of every next token (self-supervised), plus MoE load balancing."""
     return NextToken(cfg.moe_aux_weight)
