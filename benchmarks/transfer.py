@@ -15,7 +15,9 @@ command, one run at a time, in this process's children.
      and AdamW state) and time per step, full fine-tuning vs LoRA.
 
 Usage: python benchmarks/transfer.py [--seeds 3] [--steps 200] [--minilm SEEDS] [--quick] [--out benchmarks/results]
-Writes OUT/transfer.json, OUT/transfer.md and OUT/transfer.png, OUT/forgetting.png; prints the tables.
+Writes OUT/transfer.json, OUT/transfer.md and OUT/transfer.png, OUT/forgetting.png; prints the tables. Runs
+already completed in OUT/runs are evaluated again, not retrained (delete OUT to start over). The README's
+figures are copies in docs/benchmarks/.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ def finetune(out: Path, name: str, recipe: str, overrides: list[str]) -> dict:
     return {"run": str(run), "accuracy": test_accuracy(run), **cost, "summary": summary}
 
 
-def lm_val_loss(model_run: Path, pretrain: Path, windows: int = 64) -> float:
-    """Next-token cross-entropy of a run's trunk on the pre-training corpus's validation windows."""
+def lm_val_loss(model_run: Path, pretrain: Path, block: int, windows: int = 64) -> float:
+    """Next-token cross-entropy of a run's trunk on the pre-training corpus's validation windows of `block`
+    tokens (the fine-tuned classifiers' context: the same windows before and after)."""
     import torch
     import torch.nn.functional as F
 
@@ -77,7 +80,8 @@ def lm_val_loss(model_run: Path, pretrain: Path, windows: int = 64) -> float:
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = tl.load(model_run).model.eval()
-    data = TextData(config.load_resolved(pretrain / "config.toml").data)
+    pre = config.load_resolved(pretrain / "config.toml").data
+    data = TextData(pre.model_copy(update={"block_size": block}))
     total, n = 0.0, 0
     with torch.no_grad():
         for batch in data.eval_batches("val", limit=max(1, windows // data.cfg.eval_batch_size)):
@@ -136,13 +140,15 @@ def main() -> None:
             transfer[label][str(f)] = accs
 
     # 2. forgetting --------------------------------------------------------------------------------------------
-    before = lm_val_loss(pretrain, pretrain)
     from trainlab import config
 
     batch = config.load_recipe("stdlib-classes-gpt").data.batch_size
+    block = config.load_recipe("stdlib-classes-gpt").data.block_size
+    before = lm_val_loss(pretrain, pretrain, block)
     methods = [
         ("full fine-tuning", []),
         ("LoRA (rank 8, attention)", ["model.lora.rank=8"]),
+        ("LoRA, 10x the rate (5e-3)", ["model.lora.rank=8", "optim.lr=5e-3"]),  # adapters usually want more
         ("frozen lower half", ['optim.freeze=["wte","blocks.0","blocks.1"]']),
         ("full + replay 25%", ["data.replay_fraction=0.25"]),
         ("discriminative LR (0.5/layer)", ["optim.layer_decay=0.5"]),
@@ -152,7 +158,7 @@ def main() -> None:
     for label, extra in methods:
         slug = "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
         r = finetune(out, "forget-" + slug, "stdlib-classes-gpt", [init, *common, *extra, "run.seed=0"])
-        after = lm_val_loss(Path(r["run"]), pretrain)
+        after = lm_val_loss(Path(r["run"]), pretrain, block)
         s = r["summary"]
         trained = s.get("trained_parameters", s["parameters"])
         forgetting.append({"method": label, "accuracy": r["accuracy"], "lm_loss_before": before,
@@ -230,10 +236,10 @@ def plots(r: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "transfer.png", dpi=120)
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for f in r["forgetting"]:
-        ax.scatter(f["forgetting"], f["accuracy"])
-        ax.annotate(f["method"], (f["forgetting"], f["accuracy"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for f, marker in zip(r["forgetting"], "osD^vP*X"):
+        ax.scatter(f["forgetting"], f["accuracy"], marker=marker, s=50, label=f["method"])
+    ax.legend(fontsize=7, loc="best")
     ax.set_xlabel("forgetting: rise of the pre-training LM loss (nats/token)")
     ax.set_ylabel("task test accuracy")
     ax.set_title("Forgetting vs task accuracy (all labels)")

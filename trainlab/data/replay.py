@@ -53,7 +53,8 @@ def wrap(data, cfg: config.Config):
                         "not tied to it (model.tie_weights = false)", "replay with a GPT whose weights are tied")
     from trainlab.data import text
 
-    corpus = text.TextData(pre.data)
+    # Windows no longer than the fine-tuning's own context (the model's positions are built for it).
+    corpus = text.TextData(pre.data.model_copy(update={"block_size": min(pre.data.block_size, cfg.data.block_size)}))
     ours = Path(cfg.data.tokenizer_path) if getattr(cfg.data, "tokenizer_path", "") else None
     if ours is None or _digest(ours) != _digest(corpus.folder / "tokenizer.json"):
         raise UserError(f"the replayed corpus of {source} is tokenized differently from this fine-tuning's text",
