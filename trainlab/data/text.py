@@ -191,9 +191,10 @@ def documents(cfg: TextTable) -> tuple[list[tuple[str, str]], int]:
     return docs, skipped
 
 
-def _jsonl_documents(cfg: TextTable) -> list[tuple[str, str]]:
-    docs = []
-    for f in user_files(_path(cfg)):
+def jsonl_rows(files: list[Path]) -> Iterator[tuple[Path, int, object]]:
+    """(file, line number, value) of every non-blank line of JSONL files. A file that is not UTF-8 or cannot be
+    read, or a line that is not JSON, is one UserError naming the file and line."""
+    for f in files:
         try:
             text = f.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:  # JSON is UTF-8 by definition: a file that is not cannot be read as rows
@@ -209,9 +210,15 @@ def _jsonl_documents(cfg: TextTable) -> list[tuple[str, str]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{f} line {n} is not JSON: {e.msg}", "give one JSON object per line") from None
-            if not isinstance(row, dict) or not isinstance(row.get(cfg.text_field), str):
-                raise UserError(f"{f} line {n} has no text field '{cfg.text_field}'", "set data.text_field")
-            docs.append((f"{f}:{n}", row[cfg.text_field]))
+            yield f, n, row
+
+
+def _jsonl_documents(cfg: TextTable) -> list[tuple[str, str]]:
+    docs = []
+    for f, n, row in jsonl_rows(user_files(_path(cfg))):
+        if not isinstance(row, dict) or not isinstance(row.get(cfg.text_field), str):
+            raise UserError(f"{f} line {n} has no text field '{cfg.text_field}'", "set data.text_field")
+        docs.append((f"{f}:{n}", row[cfg.text_field]))
     return docs
 
 

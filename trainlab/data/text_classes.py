@@ -209,52 +209,37 @@ def jsonl_examples(cfg: JSONLClasses) -> Examples:
     texts, raw_labels = [], []
     kind: tuple[type, str] | None = None  # the labels' type and where it was first seen
     files = text_lib.user_files(text_lib._path(cfg))
-    for f in files:
-        try:
-            content = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            line = f.read_bytes()[:e.start].count(b"\n") + 1
-            raise UserError(f"{f} is not UTF-8 text (line {line}, byte {e.start})",
-                            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-        except OSError as e:
-            raise UserError(f"cannot read {f} ({e.strerror or type(e).__name__})", "check data.path") from None
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{f} line {n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where} is not JSON: {e.msg}", "give one JSON object per line") from None
-            if not isinstance(row, dict):
-                example = json.dumps({cfg.text_field: "...", cfg.label_field: "..."})
-                raise UserError(f"{where} is not a JSON object (got {type(row).__name__})",
-                                f"give one object per line, e.g. {example}")
-            if cfg.text_field not in row:
-                raise UserError(f"{where} has no text field '{cfg.text_field}' (its fields: {_fields(row)})",
-                                "set data.text_field to the field holding the text")
-            t = row[cfg.text_field]
-            if not isinstance(t, str):
-                raise UserError(f"{where}: the text field '{cfg.text_field}' holds {_json_type(t)}, not a string",
-                                "give the text as a JSON string")
-            if not t.strip():
-                raise UserError(f"{where}: the text field '{cfg.text_field}' is empty",
-                                "remove the row or give its text")
-            if cfg.label_field not in row:
-                raise UserError(f"{where} has no label field '{cfg.label_field}' (its fields: {_fields(row)})",
-                                "set data.label_field to the field holding the class")
-            y = row[cfg.label_field]
-            if isinstance(y, bool) or not isinstance(y, (str, int)):
-                raise UserError(f"{where}: the label {json.dumps(y)[:40]} is {_json_type(y)}; labels must be strings "
-                                "or integers", "give each class as a string (\"spam\") or an integer (0, 1, ...)")
-            if kind is None:
-                kind = (type(y), where)
-            elif type(y) is not kind[0]:
-                raise UserError(f"{where}: the label {json.dumps(y)[:40]} is {_json_type(y)}, but {kind[1]} has "
-                                f"{_json_type(kind[0]())} label",
-                                "give every label as a string, or every label as an integer")
-            texts.append(t)
-            raw_labels.append(y)
+    for f, n, row in text_lib.jsonl_rows(files):
+        where = f"{f} line {n}"
+        if not isinstance(row, dict):
+            example = json.dumps({cfg.text_field: "...", cfg.label_field: "..."})
+            raise UserError(f"{where} is not a JSON object (got {type(row).__name__})",
+                            f"give one object per line, e.g. {example}")
+        if cfg.text_field not in row:
+            raise UserError(f"{where} has no text field '{cfg.text_field}' (its fields: {_fields(row)})",
+                            "set data.text_field to the field holding the text")
+        t = row[cfg.text_field]
+        if not isinstance(t, str):
+            raise UserError(f"{where}: the text field '{cfg.text_field}' holds {_json_type(t)}, not a string",
+                            "give the text as a JSON string")
+        if not t.strip():
+            raise UserError(f"{where}: the text field '{cfg.text_field}' is empty",
+                            "remove the row or give its text")
+        if cfg.label_field not in row:
+            raise UserError(f"{where} has no label field '{cfg.label_field}' (its fields: {_fields(row)})",
+                            "set data.label_field to the field holding the class")
+        y = row[cfg.label_field]
+        if isinstance(y, bool) or not isinstance(y, (str, int)):
+            raise UserError(f"{where}: the label {json.dumps(y)[:40]} is {_json_type(y)}; labels must be strings "
+                            "or integers", "give each class as a string (\"spam\") or an integer (0, 1, ...)")
+        if kind is None:
+            kind = (type(y), where)
+        elif type(y) is not kind[0]:
+            raise UserError(f"{where}: the label {json.dumps(y)[:40]} is {_json_type(y)}, but {kind[1]} has "
+                            f"{_json_type(kind[0]())} label",
+                            "give every label as a string, or every label as an integer")
+        texts.append(t)
+        raw_labels.append(y)
     if not texts:
         raise UserError(f"{cfg.path} holds no examples" + (" (the file is empty)" if len(files) == 1 else ""),
                         "give a JSONL file with one labelled text per line")
