@@ -206,6 +206,38 @@ def test_two_processes_follow_the_loss_curve_of_one(tmp_path, gpt, case):
         assert a[name].shape == b[name].shape and (a[name] - b[name]).abs().max() < 1e-4, name
 
 
+@pytest.fixture(scope="module")
+def pretrained_bpe(tmp_path_factory) -> Path:
+    """A tiny BPE GPT pre-trained on standard-library text, to fine-tune under torchrun."""
+    run = tmp_path_factory.mktemp("pre") / "gpt"
+    single(["stdlib-gpt", "data.max_bytes=300000", "data.split=tail", "data.vocab_size=512", "data.block_size=32",
+            "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "loop.max_steps=2", "loop.eval_every=2"], run)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["lora-replay-ddp", "lora-fsdp", "full-replay-fsdp"])
+def test_fine_tuning_under_torchrun_follows_one_process(tmp_path, pretrained_bpe, case):
+    """A classifier on a pre-trained trunk, with LoRA (frozen base, trained adapters and head) and replayed
+    pre-training windows: 2 processes give the one-process curve (the replayed windows are one global draw per
+    step that the ranks slice) and the same saved adapters."""
+    *what, parallel = case.split("-")
+    args = ["stdlib-classes-gpt", f"model.init_from={pretrained_bpe}", 'data.packages=["email","json"]',
+            "data.block_size=32", "data.batch_size=8", "loop.grad_accum=2", "model.dropout=0", "loop.max_steps=6",
+            "loop.eval_every=3", "loop.log_every=3", "schedule.warmup_steps=0", f"loop.parallel={parallel}"]
+    args += (["model.lora.rank=4", "optim.lr=5e-3"] if "lora" in what else []) \
+        + (["data.replay_fraction=0.2"] if "replay" in what else [])
+    single(args, tmp_path / "one")
+    r = torchrun(*args, "--run-dir", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_curve(curve(tmp_path / "one"), curve(tmp_path / "two"), rel=1e-4)
+    if "lora" in what:
+        from safetensors.torch import load_file
+
+        a, b = (load_file(tmp_path / run / "model/adapter.safetensors") for run in ("one", "two"))
+        assert set(a) == set(b) and all((a[k] - b[k]).abs().max() < 1e-4 for k in a)
+
+
 def _kill_after_first_checkpoint(args: list[str], run_dir: Path) -> None:
     """SIGKILL torchrun and its processes (a lost machine) once checkpoints/last exists."""
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "trainlab", "train", *args,
