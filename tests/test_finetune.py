@@ -121,7 +121,8 @@ def _finetune_cfg(pretrained, *extra):
     ["data.replay_fraction=0.5"],
     ["optim.unfreeze_every=2", "optim.layer_decay=0.5"],
     ["model.lora.rank=2"],
-], ids=["replay", "unfreeze+layer_decay", "lora"])
+    ["model.lora.rank=2", 'model.init_skip=["norm"]'],
+], ids=["replay", "unfreeze+layer_decay", "lora", "lora+init_skip"])
 def test_fine_tuning_options_resume_exactly(pretrained, tmp_path, monkeypatch, extra):
     cfg = _finetune_cfg(pretrained, *extra)
     full = loop.train(cfg, tmp_path / "full")

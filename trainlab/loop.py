@@ -20,6 +20,7 @@ from torch import nn
 from trainlab import checkpoint, config, data as data_lib, distributed, files, models, objectives, runs
 from trainlab.config import Config
 from trainlab.data import replay
+from trainlab.models import lora
 from trainlab.distributed import Dist
 from trainlab.errors import UserError
 from trainlab.optim import Unfreezer, build_optimizer, lr_factor, set_lr
@@ -120,6 +121,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     if getattr(cfg.model, "init_from", "") and not resume:
         notes = models.load_initial_weights(model, cfg.model.init_from, cfg.model.init_skip)
         ctx.print(f"initialized from {cfg.model.init_from}" + "".join(f"; {n}" for n in notes))
+    elif getattr(cfg.model, "init_from", "") and lora.layers(model):
+        # A resumed LoRA run: the checkpoint overwrites every weight, but which tensors train beside the adapters
+        # (those the base did not have) is decided by loading the base, as at the start.
+        models.load_initial_weights(model, cfg.model.init_from, cfg.model.init_skip)
     freeze(model, cfg.optim.freeze)
     model = model.to(device)
     ctx.seed(cfg.run.seed)
