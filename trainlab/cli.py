@@ -88,15 +88,13 @@ def cmd_eval(args) -> None:
 def cmd_sample(args) -> None:
     from trainlab import models
     from trainlab.data import tokenizer as tok_lib
-    from trainlab.generate import generate_text, unescape
+    from trainlab.generate import generate_text, require_generator, unescape
 
     model, info = models.load(Path(args.run_dir) / "model")
     if info.get("task") != "language_modeling":
         raise UserError(f"{args.run_dir} holds a {info.get('task')} model, not a language model",
                         "sample from a run of a GPT recipe, e.g. stdlib-gpt")
-    if not getattr(model, "generates", False):
-        raise UserError(f"{args.run_dir} holds a masked language model (an encoder): it fills in hidden tokens "
-                        "from both sides and cannot continue a text", "sample from a GPT run, e.g. stdlib-gpt")
+    require_generator(model)
     if args.max_new_tokens < 1 or not args.temperature >= 0 or not math.isfinite(args.temperature) \
             or not 0 < args.top_p <= 1 or args.top_k < 0:
         raise UserError("--max-new-tokens must be >= 1, --temperature a number >= 0, --top-k >= 0 and "

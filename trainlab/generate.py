@@ -157,3 +157,12 @@ def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int = 200,
             shown = safe
     if len(shown) < len(text := tokenizer.decode(out)):
         yield text[len(shown):]
+
+
+def require_generator(model) -> None:
+    """Only a GPT language model continues text (`GPT.generates`); an encoder's masked-LM head does not."""
+    if not getattr(model, "generates", False):
+        from trainlab.errors import UserError
+
+        raise UserError("this run holds a masked language model (an encoder): it fills in hidden tokens from both "
+                        "sides and cannot continue a text", "sample from a GPT run, e.g. stdlib-gpt")

@@ -355,11 +355,6 @@ def write_hf(model, info: dict, tokenizer_path: str | Path, out_dir: str | Path,
     return arch
 
 
-def _model_dir(run_dir: str | Path) -> Path:
-    d = Path(run_dir)
-    return d if (d / "config.json").is_file() and not (d / "model").is_dir() else d / "model"
-
-
 def _check_out(out: Path, force: bool, protect: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder", "choose a new folder for the export")
@@ -412,7 +407,7 @@ def export(run_dir: str | Path, out_dir: str | Path, force: bool = False) -> str
     unless `force`; writes into a temporary folder and renames it. Returns the architecture written."""
     from trainlab import models, registry
 
-    model_dir = _model_dir(run_dir)
+    model_dir = models.model_folder(run_dir)
     meta = models.read_meta(model_dir)
     table = meta["table"]
     if table.kind not in ("gpt", "encoder"):
@@ -538,8 +533,6 @@ def _valid_table(raw: dict, path: Path):
 
 def _ratio(width: int, t_raw: dict, factor: float, path: Path, key: str) -> float:
     """An mlp_ratio for which trainlab builds an MLP exactly `width` wide (checked with the model's own code)."""
-    from trainlab import config
-
     r = width * factor / t_raw["n_embd"]
     for _ in range(8):
         t = _valid_table({**t_raw, "mlp_ratio": r}, path)
@@ -700,7 +693,7 @@ def _load(where: dict[str, tuple[Path, str]], names: list[str]) -> dict[str, tor
 def read(path: str | Path) -> Imported:
     """A transformers folder (Llama, GPT-2 or BERT; safetensors, sharded or not) in trainlab's terms; every
     problem is one UserError naming the file, key or tensor."""
-    from trainlab import config, models
+    from trainlab import models
     from trainlab.data import tokenizer as tok_lib
 
     p = Path(path)

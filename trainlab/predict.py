@@ -122,11 +122,9 @@ class Predictor:
         if self.task != "language_modeling":
             raise UserError(f"generate needs a language model; this run's task is '{self.task}'"
                             + (" (it classifies text)" if self.text_classifier else ""), "use predict")
-        if not getattr(self.model, "generates", False):
-            raise UserError("generate needs a GPT; this run's model is a masked language model (an encoder), "
-                            "which fills in hidden tokens but cannot continue a text", "use a GPT run")
-        from trainlab.generate import generate_text
+        from trainlab.generate import generate_text, require_generator
 
+        require_generator(self.model)
         return "".join(generate_text(self.model, self.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
                                      seed, tuple(stop), True))
 

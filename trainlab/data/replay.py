@@ -15,7 +15,6 @@ process's micro-batch is the same size).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -52,18 +51,15 @@ def wrap(data, cfg: config.Config):
         raise UserError("data.replay_fraction reads tokens out through the embedding, and this GPT's output head is "
                         "not tied to it (model.tie_weights = false)", "replay with a GPT whose weights are tied")
     from trainlab.data import text
+    from trainlab.data import tokenizer as tok_lib
 
     # Windows no longer than the fine-tuning's own context (the model's positions are built for it).
     corpus = text.TextData(pre.data.model_copy(update={"block_size": min(pre.data.block_size, cfg.data.block_size)}))
     ours = Path(cfg.data.tokenizer_path) if getattr(cfg.data, "tokenizer_path", "") else None
-    if ours is None or _digest(ours) != _digest(corpus.folder / "tokenizer.json"):
+    if ours is None or tok_lib.digest(ours) != tok_lib.digest(corpus.folder / "tokenizer.json"):
         raise UserError(f"the replayed corpus of {source} is tokenized differently from this fine-tuning's text",
                         f"fine-tune from that run (model.init_from = '{source}'), which shares its tokenizer")
     return Replayed(data, corpus, f)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Replayed:

@@ -334,9 +334,7 @@ def pack(cfg: TextTable) -> Path:
         source_texts = splits["train"] if cfg.tokenizer == "bpe" else [t for s in SPLITS for t in splits[s]]
         tokenizer = tok_lib.train_tokenizer(cfg.tokenizer, iter(source_texts), cfg.vocab_size)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32  # ids up to 65,535 fit in 16 bits
-    tmp = root / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = scratch_folder(folder)
     tok_lib.save(tokenizer, tmp / "tokenizer.json")
     meta = {"version": FORMAT_VERSION, "dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
             "tokenizer": tokenizer.kind, "skipped_files": skipped, "splits": {}}
@@ -345,9 +343,23 @@ def pack(cfg: TextTable) -> Path:
         meta["splits"][s] = {"documents": len(splits[s]), "tokens": n_tok,
                              "bytes": sum(len(t.encode()) for t in splits[s])}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    return publish(tmp, folder)
+
+
+def scratch_folder(folder: Path) -> Path:
+    """An empty temporary folder beside the cache folder `folder`, to build it in (see `publish`)."""
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish(tmp: Path, folder: Path) -> Path:
+    """Rename a finished cache folder into place: readers see all of it or none; when another process built
+    the same one first, keep theirs."""
     try:
         os.rename(tmp, folder)
-    except OSError:  # another process packed the same corpus first
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
 

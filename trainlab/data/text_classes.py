@@ -28,11 +28,9 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
-import sysconfig
 import time
 import warnings
 from dataclasses import dataclass
@@ -116,10 +114,9 @@ class Examples:
 
 def stdlib_packages() -> dict[str, list[Path]]:
     """The running Python's top-level standard-library packages and their .py files (tests left out)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
     out: dict[str, list[Path]] = {}
     for f in text_lib.stdlib_files():
-        parts = f.relative_to(root).parts
+        parts = text_lib.stdlib_name(f).split("/")
         if len(parts) > 1 and parts[0].isidentifier() and not parts[0].startswith("_"):
             out.setdefault(parts[0], []).append(f)
     return out
@@ -385,9 +382,7 @@ def prepare(cfg: TextClassesTable) -> Path:
         tokenizer = tok_lib.train_tokenizer("char", iter(ex.texts), 0)
     ids, lengths = encode(tokenizer, ex.texts, cfg.block_size)
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    tmp = root / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = text_lib.scratch_folder(folder)
     if cfg.tokenizer_path:
         shutil.copyfile(cfg.tokenizer_path, tmp / "tokenizer.json")  # the file as given, byte for byte
     else:
@@ -402,11 +397,7 @@ def prepare(cfg: TextClassesTable) -> Path:
             "skipped_files": ex.skipped_files, "files": ex.files,
             "seconds": round(time.perf_counter() - start, 2)}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    try:
-        os.rename(tmp, folder)
-    except OSError:  # another process built the same cache first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    return text_lib.publish(tmp, folder)
 
 
 # ----------------------------------------------------------------------------------------------------- data

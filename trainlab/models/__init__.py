@@ -128,10 +128,16 @@ def _load_adapted(d: Path, model: nn.Module, meta: dict) -> nn.Module:
 HF_PREFIX = "hf:"
 
 
+def model_folder(run_dir: str | Path) -> Path:
+    """The model/ folder of a run folder; a model/ folder itself (config.json, no model/ inside) is its own."""
+    d = Path(run_dir)
+    return d if (d / "config.json").is_file() and not (d / "model").is_dir() else d / "model"
+
+
 def init_source(run_dir: str) -> Path:
     """The model/ folder of `model.init_from` (a run folder, or its model/ folder itself)."""
     d = Path(run_dir)
-    model_dir = d if (d / "config.json").is_file() and not (d / "model").is_dir() else d / "model"
+    model_dir = model_folder(d)
     if (d / "config.json").is_file() and not (d / "model").is_dir() and _is_hf(d / "config.json"):
         raise UserError(f"model.init_from = '{run_dir}' is a Hugging Face folder",
                         f"write model.init_from = 'hf:{run_dir}'")
@@ -190,13 +196,8 @@ _IMPORTED: dict = {}
 def base_meta(init_from: str) -> dict:
     """{"table": the starting model's [model] table, "info": its data's info, "tokenizer": its tokenizer.json}."""
     if init_from.startswith(HF_PREFIX):
-        imp = _imported(init_from)
-        try:
-            table = config.table("model", imp.table)
-        except config._TableInvalid as e:
-            raise UserError(f"the Hugging Face model at {hf_folder(init_from)} maps to a [model] table trainlab "
-                            f"rejects ({first_line(e.error)})", "this configuration is not supported") from None
-        return {"table": table, "info": imp.info, "tokenizer": Path(imp.tokenizer_path)}
+        imp = _imported(init_from)  # hf.read has checked its table (one line naming the config key if not)
+        return {"table": config.table("model", imp.table), "info": imp.info, "tokenizer": Path(imp.tokenizer_path)}
     meta = read_meta(init_source(init_from))
     return {**meta, "tokenizer": init_source(init_from) / "tokenizer.json"}
 
@@ -252,7 +253,7 @@ def _base_tensors(init_from: str) -> tuple[dict, list[str]]:
     from safetensors.torch import load_file
 
     path = init_source(init_from) / "model.safetensors"
-    if not path.is_file() and (init_source(init_from) / "adapter.safetensors").is_file():
+    if not path.is_file() and (init_source(init_from) / ADAPTER).is_file():
         from trainlab.models import lora  # a LoRA run: its base with the adapters merged in
 
         return lora.merged_state_dict(load(init_source(init_from))[0]), []
