@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable); backslash "
                    "escapes \\n, \\t, \\r, \\\\ and \\uXXXX are read as characters: --stop '\\n\\n'")
     g.add_argument("--truncate", action="store_true", help="keep the last tokens of a prompt longer than the context")
+    g.add_argument("--chat", action="store_true", help="the prompt is a user's message: wrap it in the chat template "
+                   "the model was post-trained with and print the assistant's reply")
+    g.add_argument("--system", default="", help="with --chat: a system message before the user's")
 
     r = sub.add_parser("report", help="write report.md and curves.png for a run")
     r.add_argument("run_dir")
@@ -91,7 +94,7 @@ def cmd_sample(args) -> None:
     from trainlab.generate import generate_text, require_generator, unescape
 
     model, info = models.load(Path(args.run_dir) / "model")
-    if info.get("task") != "language_modeling":
+    if info.get("task") not in ("language_modeling", "chat"):
         raise UserError(f"{args.run_dir} holds a {info.get('task')} model, not a language model",
                         "sample from a run of a GPT recipe, e.g. stdlib-gpt")
     require_generator(model)
@@ -111,6 +114,14 @@ def cmd_sample(args) -> None:
                         f"trained with {model.vocab_size}: they do not match",
                         "use the tokenizer.json written by the same training run")
     stop = tuple(unescape(s) for s in args.stop)  # `--stop "\n\n"` arrives from the shell as backslash-n
+    if args.chat:
+        from trainlab.data import chat
+
+        print(chat.reply(model, chat.ChatTemplate(tokenizer), args.prompt, args.system, args.max_new_tokens,
+                         args.temperature, args.top_k, args.top_p, args.seed, stop))
+        return
+    if args.system:
+        raise UserError("--system is a chat message", "add --chat")
     print(args.prompt, end="", flush=True)
     for piece in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                                args.top_p, args.seed, stop, args.truncate):

@@ -83,7 +83,7 @@ def architecture(table) -> str:
                             "export the masked-LM encoder it was fine-tuned from (model.head = 'mlm')")
         return "BertForMaskedLM"
     if table.head != "lm":
-        raise UserError("a GPT with model.head = 'classify' does not export to Hugging Face: its pooled class head "
+        raise UserError(f"a GPT with model.head = '{table.head}' does not export to Hugging Face: its pooled head "
                         "is trainlab's own (no transformers class reads it)",
                         "export the language model it was fine-tuned from (model.head = 'lm')")
     if table.moe_experts:
@@ -317,6 +317,8 @@ def write_tokenizer(tokenizer, info: dict, out: Path, arch: str, path: str | Pat
     cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **specials, "model_max_length": info["block_size"],
            "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False,
            "split_special_tokens": tokenizer.kind == "char"}
+    if info.get("chat_template"):  # a post-trained model: the template it was trained with (trainlab.data.chat)
+        cfg["chat_template"] = info["chat_template"]
     (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2, ensure_ascii=False) + "\n",
                                                  encoding="utf-8")

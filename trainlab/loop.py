@@ -139,7 +139,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                             "cannot follow", "run gradual unfreezing in one process, or set optim.unfreeze_every = 0")
         unfreeze = Unfreezer(model, cfg.optim.unfreeze_every)
     # The source is created after the model: online sources (rollouts, generations) run it through `policy`.
-    policy = Policy(model, forward, device, amp, ctx)
+    policy = Policy(model, forward, device, amp, ctx, objective, getattr(cfg.model, "init_from", ""))
     stream = data.stream(cfg.run.seed, policy, plan)
     ckpt_root = run_dir / "checkpoints"
     if ctx.main:

@@ -6,6 +6,8 @@ validation of every kind) get a `Policy` when the loop creates them, after the m
     policy(x)                    the model's forward on the current weights: eval mode, no gradients, autocast
     policy.generate(prompts)     batched generation (trainlab.generate.generate) on the current weights
     policy.loss(batch)           the objective through the training wrapper (DDP/FSDP): (loss, metrics)
+    policy.objective             the objective itself: a source reads what it asks for (`uses_reference`) and
+                                 calls its no-gradient hooks (`prepare(rollout)`: advantages from rewards)
     with policy.gathered() as m: m is the whole model, for several calls in a row
 
 Under FSDP the weights are sharded; `gathered` all-gathers every unit once and keeps it whole until the block
@@ -24,8 +26,11 @@ from torch import nn
 
 
 class Policy:
-    def __init__(self, model: nn.Module, forward: nn.Module, device: torch.device, amp, ctx):
+    def __init__(self, model: nn.Module, forward: nn.Module, device: torch.device, amp, ctx, objective=None,
+                 init_from: str = ""):
         self.model, self.forward, self.device, self.amp, self.ctx = model, forward, device, amp, ctx
+        self.init_from = init_from  # the trained model this one started from (a frozen reference is that one)
+        self.objective = objective  # what the source may ask of it (e.g. `uses_reference`, `prepare`)
 
     def loss(self, batch: dict[str, torch.Tensor]):
         return self.forward(batch)

@@ -19,7 +19,8 @@ Pairings are checked by capabilities, not by names:
     "labels" ("labels?" when the data decides: a CSV with or without a target);
   - a model `consumes` one of those and `produces` outputs: "predictions" (one vector per example),
     "codes"/"reconstruction"/"latent_distribution" (autoencoders), "token_logits"/"hidden_states" (a GPT),
-    "masked_token_logits" (an encoder's masked-LM head);
+    "masked_token_logits" (an encoder's masked-LM head), "scores" (a reward model), "values" (a value head);
+    post-training sources provide "conversations", "preferences" or "prompts" (generated during training);
   - an objective `needs` model outputs, and `data_needs` what the batches must carry.
 """
 
@@ -36,9 +37,10 @@ BUILTIN = (
     "trainlab.models.mlp", "trainlab.models.cnn", "trainlab.models.autoencoder", "trainlab.models.classical",
     "trainlab.models.gpt", "trainlab.models.encoder", "trainlab.models.module",
     "trainlab.objectives.supervised", "trainlab.objectives.unsupervised", "trainlab.objectives.next_token",
-    "trainlab.objectives.masked_lm",
+    "trainlab.objectives.masked_lm", "trainlab.objectives.sft", "trainlab.objectives.reward",
+    "trainlab.objectives.dpo", "trainlab.objectives.ppo", "trainlab.objectives.grpo",
     "trainlab.data.bundled", "trainlab.data.tabular", "trainlab.data.images", "trainlab.data.text",
-    "trainlab.data.text_classes",
+    "trainlab.data.text_classes", "trainlab.data.dialogues", "trainlab.data.rollouts",
 
 )
 

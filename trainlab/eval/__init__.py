@@ -106,6 +106,10 @@ def evaluate_run(run_dir: str | Path, split: str = "val", model: tuple | None = 
     model, info = model if model is not None else models.load(run_dir / "model")
     data = data_lib.build(cfg.data)  # the same seeded split the run was trained on
     files.check_fits(info, data.info, run_dir / "model")
+    if hasattr(data, "evaluate_model"):  # a source that scores models its own way (post-training: replies)
+        out = data.evaluate_model(model, split)
+        write_json(run_dir / f"eval_{split}.json", out)
+        return out
     if info.get("task") == "language_modeling" and cfg.objective.kind == "masked_lm":
         out = evaluate_masked_lm(model, data, split, cfg)
         write_json(run_dir / f"eval_{split}.json", out)
@@ -145,10 +149,15 @@ def format_table(result: dict) -> str:
     used = set(result.get("labels_used", ()))
     unit = "tokens" if result.get("task") == "language_modeling" else "examples"
     unit = "masked tokens" if result.get("objective") == "masked_lm" else unit
+    unit = "prompts" if "exact_match" in m else "pairs" if result.get("task") == "chat" else unit
     lines = [f"{result['split']} split, {result['n']} {unit}", f"{'metric':<18}{'model':>12}{'baseline':>12}"]
     lines += [f"{k:<18}{m[k]:>12.4f}{b[k] if k in b else float('nan'):>12.4f}" + ("   (uses labels)" if k in used else "")
               for k in keys]
     lines.append(f"baseline: {b['name']}")
+    if "per_task" in m:
+        lines += ["", f"{'task':<18}{'exact_match':>12}"] + [f"{t:<18}{v:>12.4f}" for t, v in m["per_task"].items()]
+    for ex in result.get("examples", []):
+        lines.append(f"  {ex['prompt']!r} -> {ex['reply']!r} (answer {ex['answer']!r})")
     if "per_class" in m:
         lines.append("")
         lines.append(f"{'class':<18}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")

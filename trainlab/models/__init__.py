@@ -204,7 +204,7 @@ def base_meta(init_from: str) -> dict:
 
 # The keys a recipe keeps when it starts from a trained model; every other [model] key (the architecture) is that
 # model's. The task head, its pooling, adapters and dropout are the fine-tuning's own choices.
-_OWN_KEYS = ("init_from", "init_skip", "head", "pooling", "lora", "dropout")
+_OWN_KEYS = ("init_from", "init_skip", "head", "pooling", "lora", "dropout", "value_head")
 
 
 def resolve_init(cfg: config.Config, say=print) -> config.Config:
@@ -220,8 +220,9 @@ def resolve_init(cfg: config.Config, say=print) -> config.Config:
     if base.kind != m.kind:
         raise UserError(f"model.init_from = '{m.init_from}' holds a '{base.kind}' model; this recipe's model.kind is "
                         f"'{m.kind}'", f"set model.kind = '{base.kind}', or start from a {m.kind}")
+    # value_head is the run's own even when unset: PPO's critic does not carry over to the next stage
     ours = {k: getattr(m, k) for k in _OWN_KEYS if k in type(m).model_fields and k in m.model_fields_set | {
-        "init_from", "init_skip"}}
+        "init_from", "init_skip", "value_head"}}
     merged = config.table("model", {**base.model_dump(), **{k: (v.model_dump() if hasattr(v, "model_dump") else v)
                                                             for k, v in ours.items()}})
     replaced = [f"{k} {getattr(m, k)!r} -> {getattr(merged, k)!r}" for k in m.model_fields_set
@@ -344,3 +345,36 @@ def _tied_elsewhere(model: nn.Module, name: str, saved: dict) -> bool:
     if name not in params:
         return False
     return any(other in saved and p is params[name] for other, p in params.items() if other != name)
+
+
+# ------------------------------------------------------------------------------------------ frozen models
+
+
+def load_frozen(where: str, role: str, info: dict) -> tuple[nn.Module, str]:
+    """A model a run uses but does not train (a reference policy, a reward model): from a run folder or
+    hf:PATH, in eval mode, without gradients. `role` names the recipe key in errors; `info` is the run's data,
+    whose tokenizer the model must share. Returns (model, fingerprint): the run records the fingerprint and a
+    resumed run refuses a model that changed since."""
+    if where.startswith(HF_PREFIX):
+        meta = base_meta(where)
+        model, built_for = build(meta["table"], meta["info"]), meta["info"]
+        load_initial_weights(model, where, [])
+    else:
+        model, built_for = load(init_source_for(where, role))
+    ours, theirs = info.get("tokenizer_sha256"), built_for.get("tokenizer_sha256")
+    if built_for.get("vocab_size") != info.get("vocab_size") or (ours and theirs and ours != theirs):
+        raise UserError(f"{role} = '{where}' was trained with another vocabulary (vocab_size "
+                        f"{built_for.get('vocab_size')}, tokenizer {theirs or '?'}) than this run's data "
+                        f"(vocab_size {info.get('vocab_size')}, tokenizer {ours or '?'}): its token ids mean other "
+                        "things", f"give a {role.split('.')[-1].replace('_', ' ')} trained from the same base model")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval(), base_fingerprint(where)
+
+
+def init_source_for(where: str, role: str) -> Path:
+    """init_source with the recipe key that named the folder in its errors."""
+    try:
+        return init_source(where)
+    except UserError as e:
+        raise UserError(str(e).replace("model.init_from", role), e.hint) from None

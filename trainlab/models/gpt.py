@@ -42,35 +42,41 @@ class GPTConfig(NetworkTable):
     moe_experts: int = Field(0, ge=0)  # experts per MLP (0 = dense)
     moe_top_k: PositiveInt = 2  # experts each token is routed to
     # "lm": next-token logits (pre-training); "classify": one class vector per text, pooled from the hidden
-    # states of its real tokens (fine-tuning on labelled text; the head is new, the trunk can be pre-trained)
-    head: Literal["lm", "classify"] = "lm"
+    # states of its real tokens (fine-tuning on labelled text; the head is new, the trunk can be pre-trained);
+    # "reward": one scalar per text, from its last real token (a reward model, trained on preference pairs)
+    head: Literal["lm", "classify", "reward"] = "lm"
     pooling: Literal["last", "mean"] = "last"  # classify: the last real token's state, or the mean over tokens
+    value_head: bool = False  # a second head: a value per position (the critic of PPO), beside the lm head
     lora: lora_lib.LoRAConfig = lora_lib.LoRAConfig()  # low-rank adapters (rank 0 = train every weight)
 
     def outputs(self) -> set[str]:
-        return {"token_logits", "hidden_states"} if self.head == "lm" else {"predictions", "hidden_states"}
+        out = {"lm": {"token_logits"}, "classify": {"predictions"}, "reward": {"scores"}}[self.head]
+        return out | {"hidden_states"} | ({"values"} if self.value_head else set())
 
     def own_objective(self) -> str:
-        return "next_token" if self.head == "lm" else "supervised"
+        return {"lm": "next_token", "classify": "supervised", "reward": "reward"}[self.head]
 
     @model_validator(mode="after")
     def _shapes(self):
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"model.n_embd = {self.n_embd} must split into model.n_head = {self.n_head} heads of "
                              "an even width (pick n_embd divisible by 2 * n_head)")
+        if self.value_head and self.head != "lm":
+            raise ValueError(f"model.value_head needs model.head = 'lm' (a policy); this model's head is '{self.head}'")
         if self.moe_experts and self.moe_top_k > self.moe_experts:
             raise ValueError(f"model.moe_top_k = {self.moe_top_k} exceeds model.moe_experts = {self.moe_experts} "
                              "(route to at most as many experts as there are)")
         return self
 
 
-@registry.model("gpt", GPTConfig, consumes={"tokens"}, produces={"token_logits", "hidden_states", "predictions"},
-                objective="next_token")
+@registry.model("gpt", GPTConfig, consumes={"tokens", "conversations", "preferences", "prompts"},
+                produces={"token_logits", "hidden_states", "predictions", "scores", "values"}, objective="next_token")
 def build(cfg: GPTConfig, info: dict) -> nn.Module:
     """Decoder-only Transformer (RoPE or learned positions, RMSNorm or LayerNorm, SwiGLU or GELU, MoE)."""
-    num_classes = head_classes(cfg, info, "lm")
+    num_classes = 1 if cfg.head == "reward" else head_classes(cfg, info, "lm")
     model = GPT(cfg, info["vocab_size"], info["block_size"], num_classes, info.get("pad_id"))
-    lora_lib.apply(model, cfg.lora, keep_trainable=("head.",) if cfg.head == "classify" else ())
+    keep = (("head.",) if cfg.head != "lm" else ()) + (("value_head.",) if cfg.value_head else ())
+    lora_lib.apply(model, cfg.lora, keep_trainable=keep)
     return model
 
 
@@ -233,13 +239,15 @@ class GPT(nn.Module):
 
     With cfg.head = "classify" (and num_classes), `forward(idx)` gives (B, num_classes) logits for right-padded
     texts: padding is `pad_id`, and since attention is causal, padding after a text changes none of its states;
-    the text's vector is its last real token's state ("last") or the mean over its tokens ("mean")."""
+    the text's vector is its last real token's state ("last") or the mean over its tokens ("mean"). With
+    cfg.head = "reward" it gives (B,) scores, read at each text's last real token. With cfg.value_head,
+    `values(h)` maps hidden states (B, T, C) to a value per position (B, T)."""
 
     def __init__(self, cfg: GPTConfig, vocab_size: int, block_size: int, num_classes: int = 0,
                  pad_id: int | None = None):
         super().__init__()
         self.cfg, self.vocab_size, self.block_size = cfg, vocab_size, block_size
-        self.classify, self.pad_id = cfg.head == "classify", pad_id
+        self.classify, self.pad_id = cfg.head != "lm", pad_id  # a head over pooled states (classes, a reward)
         self.generates = not self.classify  # a language model: `trainlab sample` and Predictor.generate
         self.wte = nn.Embedding(vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(block_size, cfg.n_embd) if cfg.pos == "learned" else None
@@ -253,6 +261,8 @@ class GPT(nn.Module):
             self.head = nn.Linear(cfg.n_embd, vocab_size, bias=False)
             if cfg.tie_weights:
                 self.head.weight = self.wte.weight  # one matrix to read tokens in and out (Press & Wolf, 2017)
+        if cfg.value_head:
+            self.value_head = nn.Linear(cfg.n_embd, 1)
         if cfg.pos == "rope":
             cos, sin = rope_tables(block_size, cfg.n_embd // cfg.n_head, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -302,8 +312,14 @@ class GPT(nn.Module):
         """idx (B, T) token ids -> logits (B, T, vocab). See `hidden` for the cache and left padding.
         A classifier: right-padded texts (B, T) -> class logits (B, num_classes)."""
         if self.classify:
-            return self.head(self.head_drop(pool(self.hidden(idx), idx, self.pad_id, self.cfg.pooling)))
+            pooling = "last" if self.cfg.head == "reward" else self.cfg.pooling
+            out = self.head(self.head_drop(pool(self.hidden(idx), idx, self.pad_id, pooling)))
+            return out[:, 0] if self.cfg.head == "reward" else out
         return self.head(self.hidden(idx, cache, pad))
+
+    def values(self, h: torch.Tensor) -> torch.Tensor:
+        """The value head on hidden states (B, T, C) -> (B, T)."""
+        return self.value_head(h)[..., 0]
 
     def lm_logits(self, idx: torch.Tensor) -> torch.Tensor:
         """Next-token logits whatever the head: a classifier with tied weights still reads tokens out through
@@ -318,7 +334,7 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ accounting
     def head_prefixes(self) -> tuple[str, ...]:
         """Parameters that belong to the task head rather than the trunk (new when the head changes)."""
-        return ("head.",)
+        return ("head.", "value_head.") if self.cfg.value_head else ("head.",)
 
     def moe_layers(self) -> list[MoE]:
         return [b.mlp for b in self.blocks if isinstance(b.mlp, MoE)]

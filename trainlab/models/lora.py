@@ -18,6 +18,7 @@ so the adapted model starts exactly where the pre-trained one was. Only A and B 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +50,12 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initializes its weight
         self.lora_drop = nn.Dropout(dropout)
+        self.enabled = True  # False: the base layer alone (`adapters_off`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
+        if not self.enabled:
+            return y
         return y + F.linear(F.linear(self.lora_drop(x), self.lora_A), self.lora_B) * self.scale
 
     def delta(self) -> torch.Tensor:
@@ -99,6 +103,19 @@ def apply(model: nn.Module, cfg: LoRAConfig, keep_trainable: tuple[str, ...] = (
 
 def layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextmanager
+def adapters_off(model: nn.Module):
+    """The base model inside the block: a LoRA policy's reference, with no second copy of the weights."""
+    found = layers(model).values()
+    for m in found:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in found:
+            m.enabled = True
 
 
 def is_adapter(name: str) -> bool:

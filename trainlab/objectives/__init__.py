@@ -43,3 +43,11 @@ def build(cfg, info: dict, model_kind: str) -> Objective:
 
     registry.check_data(model_kind, cfg.kind, info)
     return registry.get("objective", cfg.kind).build(cfg, info)
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position: logits (B, T, V), targets (B, T) with -100 where nothing is scored
+    -> (B, T) float32, 0 at those positions. The log-softmax runs in float32 (bf16 logits lose the tails)."""
+    keep = targets != -100
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return logp * keep
