@@ -22,21 +22,27 @@ def text_dir(tmp_path_factory):
 def recipe_args(recipe: str, text_dir) -> list[str]:
     cfg = config.load_recipe(recipe)
     source = cfg.data.source
-    if "tokens" not in registry.get("source", source).produces:
+    provides = registry.get("source", source).produces
+    if not provides & {"tokens", "conversations", "preferences", "prompts"}:
         return []
-    args = [f"data.cache_dir={text_dir / 'cache'}"]
+    args = [f"data.cache_dir={text_dir / 'cache'}"] if "tokens" in provides else []
     if source == "stdlib":  # a slice of the standard library: tokenizing all 12 MB would take most of a minute
         args += ["data.max_bytes=300000", "data.split=tail", "data.vocab_size=512"]
     if source == "stdlib_classes":  # two small packages
         args += ['data.packages=["email","json"]']
-    base = getattr(cfg.model, "init_from", "")
-    if base.startswith("runs/"):  # fine-tuning recipes start from a run of another bundled recipe: a tiny one
-        pre = text_dir / "bases" / base[len("runs/"):]
-        if not (pre / "model").is_dir():
-            r = run_cli("train", base[len("runs/"):], "loop.max_steps=2", "loop.eval_every=2",
-                        *recipe_args(base[len("runs/"):], text_dir), "--run-dir", str(pre))
-            assert r.returncode == 0, r.stderr
-        args += [f"model.init_from={pre}"]
+    if source in ("conversations", "preferences", "prompts"):  # a small slice of the task suite
+        args += ["data.suite_size=200", "data.suite_eval=30", "data.eval_prompts=16", "data.max_new_tokens=8"]
+    # Fine-tuning and post-training recipes start from runs of other bundled recipes: tiny ones
+    for key in ("model.init_from", "data.reward_model"):
+        table, _, name = key.partition(".")
+        base = getattr(getattr(cfg, table), name, "")
+        if base.startswith("runs/"):
+            pre = text_dir / "bases" / base[len("runs/"):]
+            if not (pre / "model").is_dir():
+                r = run_cli("train", base[len("runs/"):], "loop.max_steps=2", "loop.eval_every=2",
+                            *recipe_args(base[len("runs/"):], text_dir), "--run-dir", str(pre))
+                assert r.returncode == 0, r.stderr
+            args += [f"{key}={pre}"]
     return args + ([f"data.path={text_dir / 'play.txt'}"] if source == "text" else [])
 
 

@@ -366,3 +366,40 @@ def test_a_damaged_sharded_checkpoint_is_a_clear_error_and_stays_as_it_was(tmp_p
     (tmp_path / "r/checkpoints/last/shards").rmdir()
     with pytest.raises(UserError, match="no complete checkpoint: .* has no shards"):
         loop.train(cfg, tmp_path / "r", resume=True)
+
+
+@pytest.fixture(scope="module")
+def sft_chain(tmp_path_factory) -> Path:
+    """A tiny language model, its SFT run on the task suite and a reward model: the start of PPO and GRPO."""
+    d = tmp_path_factory.mktemp("post")
+    small = ["data.suite_size=48", "data.suite_eval=14", "data.eval_prompts=8", "data.max_new_tokens=6",
+             "data.block_size=64", "schedule.warmup_steps=0", "loop.max_steps=2", "loop.eval_every=2"]
+    single(["stdlib-gpt", "data.max_bytes=300000", "data.split=tail", "data.vocab_size=512", "data.block_size=64",
+            "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "loop.max_steps=2", "loop.eval_every=2"],
+           d / "base")
+    single(["tasks-sft", f"model.init_from={d / 'base'}", *small], d / "sft")
+    single(["tasks-rm", f"model.init_from={d / 'sft'}", *small], d / "rm")
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, parallel", [("grpo", "ddp"), ("ppo", "fsdp")])
+def test_online_post_training_under_torchrun_resumes_in_one_process(tmp_path, sft_chain, method, parallel):
+    """Each process generates its share of a round; the rounds are gathered, so every process holds the same
+    one, and a two-process checkpoint (taken in the middle of a round) resumes in one process."""
+    d = sft_chain
+    args = [f"tasks-{method}", f"model.init_from={d / 'sft'}", "data.suite_size=48", "data.suite_eval=14",
+            "data.eval_prompts=8", "data.max_new_tokens=6", "data.block_size=64", "schedule.warmup_steps=0",
+            "data.prompts_per_round=4", "data.group_size=2", "data.batch_size=4", "data.epochs=2",
+            "loop.eval_every=2", "loop.log_every=1", f"loop.parallel={parallel}"]
+    args += [f"data.reward_model={d / 'rm'}"] if method == "ppo" else ["objective.beta=0.1"]
+    run = tmp_path / "run"
+    r = torchrun(*args, "loop.steps=3", "--run-dir", str(run))  # a round is 4 steps: the checkpoint is inside one
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli("train", *args, "loop.steps=6", "--run-dir", str(run), "--resume")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
+    assert train[3]["reward"] == train[2]["reward"]  # step 4 trains on the round that steps 1-3 began
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"

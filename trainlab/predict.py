@@ -53,7 +53,7 @@ class Predictor:
         self.tokenizer = None
         # A classifier of text (data.source stdlib_classes, jsonl_classes): inputs are token ids of its tokenizer.
         self.text_classifier = self.task == "classification" and "tokens" in self.info.get("capabilities", ())
-        if self.task == "language_modeling" or self.text_classifier:
+        if self.task in ("language_modeling", "chat") or self.text_classifier:
             from trainlab.data import tokenizer as tok_lib
 
             self.tokenizer = tok_lib.load(self.run_dir / "model" / "tokenizer.json")
@@ -67,6 +67,9 @@ class Predictor:
         if self.task == "language_modeling":
             prompts = [inputs] if isinstance(inputs, str) else list(inputs)
             return [self.generate(p) for p in prompts]
+        if self.task == "chat":
+            messages = [inputs] if isinstance(inputs, str) else list(inputs)
+            return [self.chat(m, temperature=0.0) for m in messages]
         return self.predict_features(self.features(inputs))
 
     def predict_features(self, x: torch.Tensor) -> np.ndarray | list[str]:
@@ -119,7 +122,7 @@ class Predictor:
     def generate(self, prompt: str = "", max_new_tokens: int = 100, temperature: float = 0.8, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None, stop: Iterable[str] = ()) -> str:
         """A continuation of `prompt` by a language model (the text after the prompt)."""
-        if self.task != "language_modeling":
+        if self.task not in ("language_modeling", "chat"):
             raise UserError(f"generate needs a language model; this run's task is '{self.task}'"
                             + (" (it classifies text)" if self.text_classifier else ""), "use predict")
         from trainlab.generate import generate_text, require_generator
@@ -128,12 +131,27 @@ class Predictor:
         return "".join(generate_text(self.model, self.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
                                      seed, tuple(stop), True))
 
+    def chat(self, message: str, system: str = "", max_new_tokens: int = 100, temperature: float = 0.8,
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop: Iterable[str] = ()) -> str:
+        """The reply of a post-trained model to a user's message, through the chat template it was trained with
+        (what `trainlab sample --chat` prints)."""
+        if self.task != "chat":
+            raise UserError(f"chat needs a post-trained language model (data.source conversations, preferences or "
+                            f"prompts); this run's task is '{self.task}'", "use generate for a pre-trained model")
+        from trainlab.data import chat
+        from trainlab.generate import require_generator
+
+        require_generator(self.model)
+        return chat.reply(self.model, chat.ChatTemplate(self.tokenizer), message, system, max_new_tokens,
+                          temperature, top_k, top_p, seed, tuple(stop))
+
     # ---------------------------------------------------------------------------------------- preprocessing
 
     def features(self, inputs: Any) -> torch.Tensor:
         """Raw inputs -> the (N, *input_shape) float tensor the model was trained on (standardized)."""
-        if self.task == "language_modeling":
-            raise UserError("a language model takes text: use generate(prompt)", "call predictor.generate")
+        if self.task in ("language_modeling", "chat"):
+            raise UserError("a language model takes text: use generate(prompt) (or chat(message))",
+                            "call predictor.generate")
         if self.text_classifier:
             return self._token_ids(inputs)
         shape = list(self.info["input_shape"])
@@ -297,7 +315,15 @@ def predict_command(run_dir: str, inputs: list[str], out: str | None, max_new_to
     p = Predictor(run_dir)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    if p.task == "language_modeling":
+    if p.task == "chat":  # one message per input (a file: one per line), answered greedily
+        messages = []
+        for item in inputs:
+            path = Path(item)
+            messages += [line for line in _read_text(path).splitlines() if line.strip()] if path.is_file() else [item]
+        w.writerow(["message", "reply"])
+        for message in messages:
+            w.writerow([message, p.chat(message, max_new_tokens=max_new_tokens, temperature=0.0)])
+    elif p.task == "language_modeling":
         prompts = []
         for item in inputs:
             path = Path(item)

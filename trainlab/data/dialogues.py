@@ -110,6 +110,17 @@ def user_rows(cfg: PostTrainTable) -> dict[str, list[tuple[str, dict]]]:
     return out
 
 
+def check_fields(row: dict, where: str) -> None:
+    """A row's "answer" and "task", when it has them, are text (numbers are read as their digits)."""
+    for key in ("answer", "task"):
+        if key in row:
+            if isinstance(row[key], (int, float)) and not isinstance(row[key], bool):
+                row[key] = str(row[key])
+            if not isinstance(row[key], str):
+                raise UserError(f"{where}: \"{key}\" is {type(row[key]).__name__}, not text",
+                                f"write the {key} as a string")
+
+
 def suite_items(cfg: PostTrainTable) -> dict[str, list[tasks_lib.Item]]:
     names = "all" if cfg.suite == ["all"] else cfg.suite
     return {s: tasks_lib.items(names, s, cfg.suite_size if s == "train" else cfg.suite_eval, cfg.split_seed)
@@ -186,6 +197,9 @@ class Conversations:
         if cfg.path:
             raw = user_rows(cfg)
             rows = {s: [(w, chat.conversation(r, w), r) for w, r in raw[s]] for s in SPLITS}
+            for s in SPLITS:
+                for w, _, r in rows[s]:
+                    check_fields(r, w)
         else:
             items = suite_items(cfg)
             rows = {s: [(f"suite item {s}/{i} ({it.task})", chat.conversation(suite_row(it), ""), suite_row(it))
@@ -353,6 +367,9 @@ class Preferences:
         if cfg.path:
             raw = user_rows(cfg)
             pairs = {s: [(w, chat.preference(r, w), r) for w, r in raw[s]] for s in SPLITS}
+            for s in SPLITS:
+                for w, _, r in pairs[s]:
+                    check_fields(r, w)
         else:
             items = suite_items(cfg)
             pairs = {s: [self._suite_pair(s, i, it) for i, it in enumerate(items[s])] for s in SPLITS}
@@ -408,7 +425,9 @@ class Preferences:
 
         batches = self.eval_batches("val", limit)
         if getattr(policy.objective, "uses_reference", False):
-            batches = (self.reference.add(b, "val") for b in batches)
+            # All of them before evaluating: under FSDP each reference pass gathers the weights on every rank,
+            # and `evaluate` hands each rank a different subset of the batches.
+            batches = [self.reference.add(b, "val") for b in batches]
         out = evaluate(policy.forward, batches, policy.device, policy.amp, policy.ctx)
         if getattr(policy.model, "generates", False) and self.answers["val"] and self.cfg.eval_prompts:
             out.update(answer_metrics(policy.generate, self.template, self.answers["val"][:self.cfg.eval_prompts],

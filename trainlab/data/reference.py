@@ -45,10 +45,11 @@ class Reference:
         return cls(frozen, policy.init_from, fingerprint)
 
     @torch.no_grad()
-    def logps(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(B, T) log-probabilities of the targets under the reference (0 where targets are -100), on the CPU."""
+    def logps(self, idx: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """(B, T) log-probabilities of the targets under the reference (0 where targets are -100), on the CPU;
+        of its logits / temperature when the replies were sampled at that temperature."""
         logits = self.run(idx)
-        return token_logps(logits, targets.to(logits.device)).cpu()
+        return token_logps(logits / temperature, targets.to(logits.device)).cpu()
 
     def add(self, batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Tensor]:
         """A preference batch with ref_chosen / ref_rejected: the reference's summed log-probabilities of each

@@ -37,7 +37,7 @@ from pydantic import Field, PositiveInt
 
 from trainlab import registry
 from trainlab.data import chat
-from trainlab.data.dialogues import (SPLITS, PostTrainTable, base_info, cut, evaluate_answers,
+from trainlab.data.dialogues import (SPLITS, PostTrainTable, base_info, check_fields, cut, evaluate_answers,
                                      export_tokenizer, greedy_replies, load_tokenizer, pad_rows, suite_items,
                                      user_rows)
 from trainlab.data.rewards import Rewards
@@ -81,7 +81,8 @@ class Prompts:
             self.rows = {s: [([("user", it.prompt)], {"answer": it.answer, "task": it.task},
                               f"suite item {s}/{i} ({it.task})") for i, it in enumerate(items[s])] for s in SPLITS}
         for s in SPLITS:  # a prompt must leave room for a reply
-            for msgs, _, where in self.rows[s]:
+            for msgs, fields, where in self.rows[s]:
+                check_fields(fields, where)
                 n = len(self.template.prompt_ids(msgs))
                 if n + 1 > cfg.block_size:
                     raise UserError(f"{where}: the prompt takes {n} tokens; the context is {cfg.block_size} "
@@ -105,13 +106,16 @@ class Prompts:
 
     def score(self, msgs: list[chat.Messages], replies: list[str], rows: list[dict],
               reply_ids: list[list[int]]) -> tuple[torch.Tensor, dict]:
-        """(N,) rewards of replies (texts, and their tokens ending in <|end|> when they ended) and each part's mean."""
+        """(N,) rewards of replies (texts, and their tokens, with or without a closing <|end|>) and each part's
+        mean. A reward model reads the prompt and the reply's content, as it was trained (its score sits on the
+        last content token); whether a reply ended is data.missing_eos_penalty's business."""
         total, parts = torch.zeros(len(replies)), {}
         if self.rewards is not None:
             total, parts = self.rewards([chat.render(m) for m in msgs], replies, rows)
         if self.reward_model is not None:
             model, device = self.reward_model
-            seqs = [self.template.prompt_ids(m) + r for m, r in zip(msgs, reply_ids)]
+            end = self.template.end_id
+            seqs = [self.template.prompt_ids(m) + (r[:-1] if r and r[-1] == end else r) for m, r in zip(msgs, reply_ids)]
             width = min(max(len(s) for s in seqs), self.cfg.block_size)
             idx = pad_rows([s[:width] for s in seqs], width, self.tokenizer.pad_id)
             with torch.no_grad():
@@ -123,18 +127,17 @@ class Prompts:
     def validate(self, policy, limit: int = 0) -> dict[str, float]:
         if self.reward_model is None and self.cfg.reward_model:
             self._load_reward_model(policy)
-        n = self.cfg.eval_prompts or 64
-        rows = self.rows["val"][:n]
+        rows = self.rows["val"][:self.cfg.eval_prompts or None]  # 0: every validation prompt
         if not rows:
             return {}
         replies = greedy_replies(policy.generate, self.template, [m for m, _, _ in rows], self.cfg.max_new_tokens)
         ids = [self.template.completion_ids(t) for t, _ in replies]
         reward, _ = self.score([m for m, _, _ in rows], [t for t, _ in replies], [r for _, r, _ in rows], ids)
         out = {"reward": float(reward.mean()), "reply_tokens": float(np.mean([n for _, n in replies]))}
-        if self.answers["val"]:
+        scored = [(r, t) for (_, r, _), (t, _) in zip(rows, replies) if "answer" in r]
+        if scored:
             from trainlab.data import tasks as tasks_lib
 
-            scored = [(r, t) for (_, r, _), (t, _) in zip(rows, replies) if "answer" in r]
             out["exact_match"] = float(np.mean([tasks_lib.correct(r["answer"], t) for r, t in scored]))
         return out
 
@@ -255,6 +258,8 @@ class RolloutStream:
             targets[i, a - 1:len(s) - 1] = torch.tensor(s[a:], dtype=torch.long)
         lengths = torch.tensor([len(s) - 1 for s in seqs])
         old, values = [], []
+        # Log-probabilities of the distribution the replies were sampled from (logits / temperature, as TRL)
+        temperature = cfg.temperature if cfg.temperature > 0 else 1.0
         needs_values = getattr(policy.objective, "needs_values", False)
         # One optimizer step per round, one pass: the policy that generated is the one that trains, so its
         # log-probabilities come from the training forward itself (ratio 1) and need no pass of their own.
@@ -268,15 +273,17 @@ class RolloutStream:
                     values.append(m.values(h).float().cpu())
                 else:
                     logits = m(x)
-                old.append(token_logps(logits, targets[i:i + 256].to(logits.device)).cpu())
+                old.append(token_logps(logits / temperature, targets[i:i + 256].to(logits.device)).cpu())
         buffer = {"idx": idx, "targets": targets, "length": lengths,
                   "ended": torch.tensor(ended, dtype=torch.bool), "group": torch.arange(len(seqs)) // g}
         if old:
             buffer["old_logp"] = torch.cat(old)
         if values:
             buffer["values"] = torch.cat(values) * (targets != -100)
+        if temperature != 1.0:
+            buffer["temperature"] = torch.full((len(seqs),), temperature)
         if self.reference is not None:
-            buffer["ref_logp"] = torch.cat([self.reference.logps(idx[i:i + 256], targets[i:i + 256])
+            buffer["ref_logp"] = torch.cat([self.reference.logps(idx[i:i + 256], targets[i:i + 256], temperature)
                                             for i in range(0, len(idx), 256)])
         reward, parts = data.score(msgs, texts, rows, reply_tokens)
         if cfg.missing_eos_penalty:
@@ -286,7 +293,9 @@ class RolloutStream:
             buffer.update(self.prepare(buffer))
         by_group = reward.view(-1, g)
         mask = targets != -100
-        stats = {"reward": float(reward.mean()), "reward_std": float(reward.std()) if len(reward) > 1 else 0.0,
+        stats = {"reward": float(reward.mean()),
+                 # the spread inside groups (what GRPO learns from; TRL's reward_std), 0 for groups of one
+                 "reward_std": float(by_group.std(1).mean()) if g > 1 else 0.0,
                  "zero_std_groups": float((by_group.std(1) < 1e-6).float().mean()) if g > 1 else 0.0,
                  "reply_tokens": float(mask.sum(1).float().mean()), "ended": float(buffer["ended"].float().mean()),
                  **parts}
@@ -300,11 +309,18 @@ class RolloutStream:
         if self.buffer is None or self.pos >= len(self.order):
             self._new_round()
         p = self.plan
-        take = self.order[self.pos:self.pos + p.global_batch][p.lo:p.hi]
+        step = self.order[self.pos:self.pos + p.global_batch]
+        take = step[p.lo:p.hi]
         self.pos += p.global_batch
         n = len(take) // p.accum
-        return [cut({k: v[take[i * n:(i + 1) * n]] for k, v in self.buffer.items()}, "length")
-                for i in range(p.accum)]
+        # Every reply token of the step weighs the same, whatever micro-batch or process it falls in: the loss
+        # of a micro-batch is its token sum x token_scale, which the loop's mean over micro-batches and processes
+        # turns into (sum over the step's tokens) / (the step's tokens).
+        world = self.policy.ctx.world if self.policy.ctx is not None else 1
+        tokens = int((self.buffer["targets"][step] != -100).sum())
+        scale = torch.full((n,), p.accum * world / max(tokens, 1))
+        return [{**cut({k: v[take[i * n:(i + 1) * n]] for k, v in self.buffer.items()}, "length"),
+                 "token_scale": scale} for i in range(p.accum)]
 
     def on_step(self, step: int, metrics: dict) -> dict[str, float]:
         if self._t0 is not None:
@@ -315,7 +331,7 @@ class RolloutStream:
     def state_dict(self) -> dict:
         return {"round": self.round, "pos": self.pos, "buffer": self.buffer, "order": self.order,
                 "stats": self.stats, "reference": self.reference.fingerprint if self.reference else "",
-                "reward_model": self.rm_fingerprint}
+                "reward_model": self.rm_fingerprint, "timing": [self.gen_s, self.step_s, self.gen_tokens]}
 
     def load_state_dict(self, state: dict) -> None:
         if self.reference is not None:
@@ -325,3 +341,4 @@ class RolloutStream:
                             "differ)", "restore the reward model the run started with, or start a new run")
         self.round, self.pos = int(state["round"]), int(state["pos"])
         self.buffer, self.order, self.stats = state["buffer"], state["order"], dict(state["stats"])
+        self.gen_s, self.step_s, self.gen_tokens = state.get("timing", [0.0, 0.0, 0])

@@ -96,7 +96,7 @@ def build_hf_disk(cfg: HFDiskText):
     """A Hugging Face dataset saved with save_to_disk (needs `datasets`); its text column."""
     return TextData(cfg)
 
-FORMAT_VERSION = 2  # 2: BPE vocabularies reserve <|pad|> and <|mask|>; stdlib splits by package
+FORMAT_VERSION = 3  # 2: BPE vocabularies reserve <|pad|> and <|mask|>; stdlib splits by package; 3: BPE splits digits
 SPLITS = ("train", "val", "test")
 
 

@@ -97,7 +97,10 @@ class BPETokenizer:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        # Every digit is a token of its own (as Llama's and DeepSeek's tokenizers do): a number is spelled the
+        # same way wherever it appears, so models can copy and compute with it (format 3).
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + [PAD, MASK], show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

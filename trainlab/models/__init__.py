@@ -307,7 +307,7 @@ def load_initial_weights(model: nn.Module, init_from: str, skip: list[str]) -> l
     fresh = sorted(k for k in own if skipped(k)) + head_fresh
     leave = set(fresh) | set(adapters)
     dropped = [k for k in saved if k.startswith(heads) and (k not in own or not fits(k))] \
-        + [k for k in saved if k not in own and k.startswith(("head.", "mlm.")) and not k.startswith(heads)]
+        + [k for k in saved if k not in own and k.startswith(("head.", "mlm.", "value_head.")) and not k.startswith(heads)]
     dropped = sorted(set(dropped))
     # A tied tensor (GPT's head = embedding) is stored once in safetensors: compare on what the file holds.
     missing = [k for k in own if k not in leave and k not in saved and not _tied_elsewhere(model, k, saved)]
@@ -367,6 +367,10 @@ def load_frozen(where: str, role: str, info: dict) -> tuple[nn.Module, str]:
                         f"{built_for.get('vocab_size')}, tokenizer {theirs or '?'}) than this run's data "
                         f"(vocab_size {info.get('vocab_size')}, tokenizer {ours or '?'}): its token ids mean other "
                         "things", f"give a {role.split('.')[-1].replace('_', ' ')} trained from the same base model")
+    if built_for.get("block_size", 0) < info.get("block_size", 0):
+        raise UserError(f"{role} = '{where}' reads at most {built_for['block_size']} positions; this run's sequences "
+                        f"have up to {info['block_size']} (data.block_size)",
+                        f"set data.block_size to at most {built_for['block_size']}")
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), base_fingerprint(where)

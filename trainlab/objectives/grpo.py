@@ -3,11 +3,13 @@ critic; a reply's advantage is its reward relative to the other replies to the s
 
     A_i = (r_i - mean(r_group)) / (std(r_group) + eps)       (scale_rewards = "group"; "none": no division)
     ratio_t = pi(y_t) / pi_old(y_t)
-    loss = - sum_t min(ratio_t A, clip(ratio_t, 1 - eps_low, 1 + eps_high) A) / (reply tokens in the batch)
+    loss = - sum_t min(ratio_t A, clip(ratio_t, 1 - eps_low, 1 + eps_high) A) / (reply tokens of the step)
            + beta * k3 KL to the reference
 
-Token-level normalization (DAPO, Yu et al. 2025): every reply token weighs the same, so long replies are not
-down-weighted per token. beta defaults to 0 (no reference needed, as TRL now defaults); with beta > 0 the
+Token-level normalization (DAPO, Yu et al. 2025): every reply token of the optimizer step weighs the same
+(across micro-batches and processes: the source's token_scale), so long replies are not down-weighted per
+token. With data.temperature != 1 the log-probabilities are those of logits / temperature, the distribution
+the replies were sampled from. beta defaults to 0 (no reference needed, as TRL now defaults); with beta > 0 the
 per-token KL estimate k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman 2020) is added. The rollouts
 (generation, rewards) come from the prompts source (trainlab.data.rollouts), which calls `prepare`.
 """
@@ -57,6 +59,20 @@ def clipped_surrogate(logp, old_logp, adv, mask, eps_low: float, eps_high: float
     return loss, (was & mask).sum() / mask.sum().clamp_min(1)
 
 
+def scaled(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Logits of the distribution the replies were sampled from: / the rollout's temperature when it was not 1."""
+    return logits / batch["temperature"][:, None, None] if "temperature" in batch else logits
+
+
+def token_mean(batch: dict, mask: torch.Tensor):
+    """x (B, T) -> its mean over the reply tokens of the whole optimizer step (the source's token_scale, which
+    accounts for micro-batches and processes), or of this batch when it has none."""
+    if "token_scale" in batch:
+        return lambda x: (x * mask).sum() * batch["token_scale"][0]
+    n = mask.sum().clamp_min(1)
+    return lambda x: (x * mask).sum() / n
+
+
 def entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean entropy of the next-token distributions at the masked positions (no gradient)."""
     with torch.no_grad():
@@ -80,19 +96,18 @@ class GRPO:
         c = self.cfg
         targets = batch["targets"]
         mask = targets != -100
-        logits = model(batch["idx"])
+        logits = scaled(model(batch["idx"]), batch)
         logp = token_logps(logits, targets)
         adv = batch["advantages"].float()[:, None]
         old = batch["old_logp"] if "old_logp" in batch else logp.detach()  # on-policy: the ratio is 1
         per_token, clip_frac = clipped_surrogate(logp, old, adv, mask, c.epsilon,
                                                  c.epsilon_high or c.epsilon)
-        n = mask.sum().clamp_min(1)
-        loss = (per_token * mask).sum() / n
+        per_step = token_mean(batch, mask)
+        loss = per_step(per_token)
         metrics = {"clip_frac": clip_frac.detach(), "entropy": entropy(logits, mask)}
         if c.beta:
             d = batch["ref_logp"] - logp
-            k3 = (torch.exp(d) - d - 1) * mask
-            kl = k3.sum() / n
+            kl = per_step(torch.exp(d) - d - 1)
             loss = loss + c.beta * kl
             metrics["kl_k3"] = kl.detach()
         return loss, metrics

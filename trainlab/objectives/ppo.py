@@ -28,7 +28,7 @@ from torch import nn
 from trainlab import registry
 from trainlab.config import ObjectiveTable
 from trainlab.objectives import token_logps
-from trainlab.objectives.grpo import clipped_surrogate, entropy
+from trainlab.objectives.grpo import clipped_surrogate, entropy, scaled, token_mean
 
 
 class PPOConfig(ObjectiveTable):
@@ -88,18 +88,18 @@ class PPO:
         c = self.cfg
         targets = batch["targets"]
         mask = targets != -100
-        n = mask.sum().clamp_min(1)
+        per_step = token_mean(batch, mask)
         h = model.hidden(batch["idx"])
-        logits = model.head(h)
+        logits = scaled(model.head(h), batch)
         logp = token_logps(logits, targets)
         per_token, clip_frac = clipped_surrogate(logp, batch["old_logp"], batch["advantages"].float(), mask,
                                                  c.cliprange, c.cliprange)
-        pg = (per_token * mask).sum() / n
+        pg = per_step(per_token)
         v, old_v, ret = model.values(h).float(), batch["values"], batch["returns"]
         v_clipped = old_v + (v - old_v).clamp(-c.cliprange_value, c.cliprange_value)
-        vf = 0.5 * (torch.max((v - ret) ** 2, (v_clipped - ret) ** 2) * mask).sum() / n
+        vf = 0.5 * per_step(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2))
         with torch.no_grad():
             log_ratio = (logp - batch["old_logp"]) * mask
-            approx_kl = ((torch.exp(log_ratio) - 1 - log_ratio) * mask).sum() / n
+            approx_kl = per_step(torch.exp(log_ratio) - 1 - log_ratio)
         return pg + c.vf_coef * vf, {"pg_loss": pg.detach(), "value_loss": vf.detach(), "clip_frac": clip_frac.detach(),
                                      "approx_kl": approx_kl, "entropy": entropy(logits, mask)}
