@@ -157,10 +157,12 @@ def check_pairing(model, objective_kind: str, source_name: str) -> None:
     if not o.needs <= produces:
         fits = sorted(n for n, e in entries("objective").items() if e.needs <= produces and e.needs)
         head = " (with model.head = '%s')" % model.head if hasattr(model, "head") else ""
+        hint = f"use objective.kind in {['auto', *fits]}" + (" or another model.head" if head else "")
+        if o.needs - produces == {"values"} and hasattr(model, "value_head"):
+            hint = "set model.value_head = true (a value head beside the policy's)"
         raise UserError(f"objective.kind = '{objective_kind}' needs a model that gives "
                         f"{', '.join(sorted(o.needs - produces))}; model.kind = '{model_kind}'{head} gives "
-                        f"{', '.join(sorted(produces))}", f"use objective.kind in {['auto', *fits]}"
-                        + (" or another model.head" if head else ""))
+                        f"{', '.join(sorted(produces))}", hint)
     missing = {n for n in o.data_needs if n not in provides}
     _refused(objective_kind, o, {p for p in s.produces if not p.endswith("?")}, f"data.source = '{source_name}'")
     if missing:

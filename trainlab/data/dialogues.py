@@ -123,6 +123,11 @@ def check_fields(row: dict, where: str) -> None:
 
 def suite_items(cfg: PostTrainTable) -> dict[str, list[tasks_lib.Item]]:
     names = "all" if cfg.suite == ["all"] else cfg.suite
+    unknown = [t for t in cfg.suite if t not in tasks_lib.TASKS and t != "all"]
+    if unknown or not cfg.suite:
+        raise UserError(f"data.suite = {cfg.suite} " + (f"names {unknown[0]!r}, which is not a task of the suite"
+                                                        if unknown else "is empty") + f"; the tasks are "
+                        f"{', '.join(tasks_lib.TASKS)}", 'pick some of them, or data.suite = ["all"]')
     return {s: tasks_lib.items(names, s, cfg.suite_size if s == "train" else cfg.suite_eval, cfg.split_seed)
             for s in SPLITS}
 

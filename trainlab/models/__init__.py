@@ -361,6 +361,10 @@ def load_frozen(where: str, role: str, info: dict) -> tuple[nn.Module, str]:
         load_initial_weights(model, where, [])
     else:
         model, built_for = load(init_source_for(where, role))
+    if built_for.get("task") not in ("language_modeling", "chat"):
+        raise UserError(f"{role} = '{where}' holds a {built_for.get('task', 'non-language')} model, not a language "
+                        "model", f"give the run of a {role.split('.')[-1].replace('_', ' ')} trained from the same "
+                        "base model")
     ours, theirs = info.get("tokenizer_sha256"), built_for.get("tokenizer_sha256")
     if built_for.get("vocab_size") != info.get("vocab_size") or (ours and theirs and ours != theirs):
         raise UserError(f"{role} = '{where}' was trained with another vocabulary (vocab_size "
