@@ -111,28 +111,17 @@ class Fixed(torch.nn.Module):
         self.out = out
 
     def forward(self, idx):
-        return self.out[: len(idx), : idx.shape[1]]
+        return self.out[: len(idx), : idx.shape[1]] if self.out.ndim > 1 else self.out[: len(idx)]
 
 
 def test_the_reward_model_loss_is_bradley_terry():
     scores = torch.tensor([2.0, -1.0, 0.5, 0.5])  # chosen 2, -1; rejected 0.5, 0.5
     batch = {"chosen_idx": torch.ones(2, 3, dtype=torch.long), "rejected_idx": torch.ones(2, 3, dtype=torch.long)}
-    loss, m = BradleyTerry().loss(_Scores(scores), batch)
+    loss, m = BradleyTerry().loss(Fixed(scores), batch)
     hand = (math.log(1 + math.exp(-1.5)) + math.log(1 + math.exp(1.5))) / 2  # -log sigmoid(margin)
     assert abs(float(loss) - hand) < 1e-6 and float(m["accuracy"]) == 0.5 and abs(float(m["margin"])) < 1e-6
-    centered, _ = BradleyTerry(center=0.1).loss(_Scores(scores), batch)
+    centered, _ = BradleyTerry(center=0.1).loss(Fixed(scores), batch)
     assert abs(float(centered) - hand - 0.1 * ((2.5 ** 2 + 0.5 ** 2) / 2)) < 1e-6
-
-
-class _Scores(torch.nn.Module):
-    pad_id = 0
-
-    def __init__(self, scores):
-        super().__init__()
-        self.scores = scores
-
-    def forward(self, idx):
-        return self.scores[: len(idx)]
 
 
 def test_dpo_losses_match_hand_computed_values():

@@ -315,19 +315,16 @@ def predict_command(run_dir: str, inputs: list[str], out: str | None, max_new_to
     p = Predictor(run_dir)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    if p.task == "chat":  # one message per input (a file: one per line), answered greedily
-        messages = []
-        for item in inputs:
-            path = Path(item)
-            messages += [line for line in _read_text(path).splitlines() if line.strip()] if path.is_file() else [item]
-        w.writerow(["message", "reply"])
-        for message in messages:
-            w.writerow([message, p.chat(message, max_new_tokens=max_new_tokens, temperature=0.0)])
-    elif p.task == "language_modeling":
+    if p.task in ("chat", "language_modeling"):  # an input is a prompt, or a file of one prompt per line
         prompts = []
         for item in inputs:
             path = Path(item)
             prompts += [line for line in _read_text(path).splitlines() if line.strip()] if path.is_file() else [item]
+    if p.task == "chat":  # a message to reply to, answered greedily
+        w.writerow(["message", "reply"])
+        for message in prompts:
+            w.writerow([message, p.chat(message, max_new_tokens=max_new_tokens, temperature=0.0)])
+    elif p.task == "language_modeling":
         w.writerow(["prompt", "continuation"])
         for prompt in prompts:
             w.writerow([prompt, p.generate(prompt, max_new_tokens, temperature=0.0)])

@@ -132,6 +132,20 @@ def suite_items(cfg: PostTrainTable) -> dict[str, list[tasks_lib.Item]]:
             for s in SPLITS}
 
 
+def rows_by_split(cfg: PostTrainTable, parse, from_item) -> dict[str, list[tuple]]:
+    """(where, parsed, row) of each split: data.path's rows read by `parse(row, where)` (their "answer" and "task"
+    checked), or the suite's items made by `from_item(split, i, item)`."""
+    if not cfg.path:
+        items = suite_items(cfg)
+        return {s: [from_item(s, i, it) for i, it in enumerate(items[s])] for s in SPLITS}
+    raw = user_rows(cfg)
+    out = {s: [(w, parse(r, w), r) for w, r in raw[s]] for s in SPLITS}
+    for s in SPLITS:
+        for w, _, r in out[s]:
+            check_fields(r, w)
+    return out
+
+
 def suite_row(item: tasks_lib.Item) -> dict:
     return {"prompt": item.prompt, "completion": item.answer, "answer": item.answer, "task": item.task}
 
@@ -199,16 +213,8 @@ class Conversations:
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg)
         self.template = chat.ChatTemplate(self.tokenizer)
-        if cfg.path:
-            raw = user_rows(cfg)
-            rows = {s: [(w, chat.conversation(r, w), r) for w, r in raw[s]] for s in SPLITS}
-            for s in SPLITS:
-                for w, _, r in rows[s]:
-                    check_fields(r, w)
-        else:
-            items = suite_items(cfg)
-            rows = {s: [(f"suite item {s}/{i} ({it.task})", chat.conversation(suite_row(it), ""), suite_row(it))
-                        for i, it in enumerate(items[s])] for s in SPLITS}
+        rows = rows_by_split(cfg, chat.conversation, lambda s, i, it: (
+            f"suite item {s}/{i} ({it.task})", chat.conversation(suite_row(it), ""), suite_row(it)))
         self.answers = {s: [(_prompt_of(r, w), r) for w, _, r in rows[s] if "answer" in r] for s in SPLITS}
         self.splits = {s: self._encode(rows[s], s) for s in SPLITS}
         sizes = {s: len(self.splits[s]) for s in SPLITS}
@@ -369,15 +375,7 @@ class Preferences:
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg)
         self.template = chat.ChatTemplate(self.tokenizer)
-        if cfg.path:
-            raw = user_rows(cfg)
-            pairs = {s: [(w, chat.preference(r, w), r) for w, r in raw[s]] for s in SPLITS}
-            for s in SPLITS:
-                for w, _, r in pairs[s]:
-                    check_fields(r, w)
-        else:
-            items = suite_items(cfg)
-            pairs = {s: [self._suite_pair(s, i, it) for i, it in enumerate(items[s])] for s in SPLITS}
+        pairs = rows_by_split(cfg, chat.preference, self._suite_pair)
         self.answers = {s: [(p.prompt, r) for _, p, r in pairs[s] if "answer" in r] for s in SPLITS}
         self.splits = {s: self._encode(pairs[s]) for s in SPLITS}
         sizes = {s: len(self.splits[s]) for s in SPLITS}

@@ -37,9 +37,8 @@ from pydantic import Field, PositiveInt
 
 from trainlab import registry
 from trainlab.data import chat
-from trainlab.data.dialogues import (SPLITS, PostTrainTable, base_info, check_fields, cut, evaluate_answers,
-                                     export_tokenizer, greedy_replies, load_tokenizer, pad_rows, suite_items,
-                                     user_rows)
+from trainlab.data.dialogues import (SPLITS, PostTrainTable, base_info, cut, evaluate_answers, export_tokenizer,
+                                     greedy_replies, load_tokenizer, pad_rows, rows_by_split)
 from trainlab.data.rewards import Rewards
 from trainlab.errors import UserError
 from trainlab.objectives import token_logps
@@ -72,25 +71,21 @@ class Prompts:
         self.cfg = cfg
         self.tokenizer = load_tokenizer(cfg)
         self.template = chat.ChatTemplate(self.tokenizer)
-        if cfg.path:
-            raw = user_rows(cfg)
-            self.rows = {s: [(chat.prompt(r, w), {k: v for k, v in r.items() if k != "prompt"}, w) for w, r in raw[s]]
-                         for s in SPLITS}
-        else:
-            items = suite_items(cfg)
-            self.rows = {s: [([("user", it.prompt)], {"answer": it.answer, "task": it.task},
-                              f"suite item {s}/{i} ({it.task})") for i, it in enumerate(items[s])] for s in SPLITS}
+        # (where, prompt messages, the row's other fields) of each split
+        self.rows = {s: [(w, m, {k: v for k, v in r.items() if k != "prompt"}) for w, m, r in split]
+                     for s, split in rows_by_split(cfg, chat.prompt, lambda s, i, it: (
+                         f"suite item {s}/{i} ({it.task})", [("user", it.prompt)],
+                         {"answer": it.answer, "task": it.task})).items()}
         for s in SPLITS:  # a prompt must leave room for a reply
-            for msgs, fields, where in self.rows[s]:
-                check_fields(fields, where)
+            for where, msgs, _ in self.rows[s]:
                 n = len(self.template.prompt_ids(msgs))
                 if n + 1 > cfg.block_size:
                     raise UserError(f"{where}: the prompt takes {n} tokens; the context is {cfg.block_size} "
                                     "(data.block_size)", "shorten the prompt, or drop the row")
-        columns = set.intersection(*(set(r) for _, r, _ in self.rows["train"])) if self.rows["train"] else set()
+        columns = set.intersection(*(set(r) for _, _, r in self.rows["train"])) if self.rows["train"] else set()
         self.rewards = Rewards(cfg.rewards, cfg.reward_weights, columns) if cfg.rewards or not cfg.reward_model \
             else None
-        self.answers = {s: [(m, r) for m, r, _ in self.rows[s] if "answer" in r] for s in SPLITS}
+        self.answers = {s: [(m, r) for _, m, r in self.rows[s] if "answer" in r] for s in SPLITS}
         sizes = {s: len(self.rows[s]) for s in SPLITS}
         self.info = base_info(cfg, self.tokenizer, "prompts", sizes)
         self.batch_size = cfg.batch_size
@@ -130,11 +125,11 @@ class Prompts:
         rows = self.rows["val"][:self.cfg.eval_prompts or None]  # 0: every validation prompt
         if not rows:
             return {}
-        replies = greedy_replies(policy.generate, self.template, [m for m, _, _ in rows], self.cfg.max_new_tokens)
+        replies = greedy_replies(policy.generate, self.template, [m for _, m, _ in rows], self.cfg.max_new_tokens)
         ids = [self.template.completion_ids(t) for t, _ in replies]
-        reward, _ = self.score([m for m, _, _ in rows], [t for t, _ in replies], [r for _, r, _ in rows], ids)
+        reward, _ = self.score([m for _, m, _ in rows], [t for t, _ in replies], [r for _, _, r in rows], ids)
         out = {"reward": float(reward.mean()), "reply_tokens": float(np.mean([n for _, n in replies]))}
-        scored = [(r, t) for (_, r, _), (t, _) in zip(rows, replies) if "answer" in r]
+        scored = [(r, t) for (_, _, r), (t, _) in zip(rows, replies) if "answer" in r]
         if scored:
             from trainlab.data import tasks as tasks_lib
 
@@ -216,7 +211,7 @@ class RolloutStream:
         share = len(chosen) // world
         mine = chosen[rank * share:(rank + 1) * share]
         rows = self.data.rows["train"]
-        prompt_ids = [tpl.prompt_ids(rows[i][0]) for i in mine]
+        prompt_ids = [tpl.prompt_ids(rows[i][1]) for i in mine]
         room = cfg.block_size - max(len(p) for p in prompt_ids)
         t = time.perf_counter()
         replies = policy.generate([p for p in prompt_ids for _ in range(cfg.group_size)],
@@ -245,8 +240,8 @@ class RolloutStream:
     def _score(self, chosen: list[int], replies: list[list[int]], ended: list[bool]):
         cfg, policy, tpl, data = self.cfg, self.policy, self.data.template, self.data
         g = cfg.group_size
-        msgs = [data.rows["train"][i][0] for i in chosen for _ in range(g)]
-        rows = [data.rows["train"][i][1] for i in chosen for _ in range(g)]
+        msgs = [data.rows["train"][i][1] for i in chosen for _ in range(g)]
+        rows = [data.rows["train"][i][2] for i in chosen for _ in range(g)]
         reply_tokens = [r + [tpl.end_id] if e else r for r, e in zip(replies, ended)]
         texts = [tpl.decode(r) for r in replies]
         seqs = [tpl.prompt_ids(m) + r for m, r in zip(msgs, reply_tokens)]
