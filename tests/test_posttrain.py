@@ -275,3 +275,35 @@ def test_a_frozen_model_with_another_vocabulary_is_refused(chain, tmp_path):
     r = run_cli("train", "tasks-ppo", f"model.init_from={chain / 'sft'}", f"data.reward_model={other}", *SMALL,
                 "loop.steps=1", "data.prompts_per_round=2", "data.batch_size=4", "--run-dir", str(tmp_path / "p"))
     assert r.returncode == 2 and "data.reward_model" in r.stderr and "another vocabulary" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_of_four_models_resumes_exactly(chain, tmp_path):
+    """The same with a real SIGKILL of a `trainlab train` process, at whatever point it has reached."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["tasks-ppo", f"model.init_from={chain / 'sft'}", f"data.reward_model={chain / 'rm'}", *SMALL,
+            "loop.steps=40", "loop.eval_every=2", "data.prompts_per_round=4", "data.batch_size=4", "data.epochs=2"]
+    assert run_cli("train", *args, "--run-dir", str(tmp_path / "full")).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args, "--run-dir", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints/last").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    r = run_cli("train", *args, "--run-dir", str(killed), "--resume")
+    assert r.returncode == 0 and "resuming at step" in r.stdout, r.stderr
+
+    def comparable(run):
+        timing = ("time", "throughput", "gen_tokens_per_s", "gen_share")
+        return [{k: v for k, v in r.items() if k not in timing} for r in map(
+            json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+    assert comparable(tmp_path / "full") == comparable(killed)
