@@ -299,7 +299,7 @@ def test_a_sigkilled_run_of_four_models_resumes_exactly(chain, tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     r = run_cli("train", *args, "--run-dir", str(killed), "--resume")
-    assert r.returncode == 0 and "resuming at step" in r.stdout, r.stderr
+    assert r.returncode == 0 and "resuming at step" in r.stdout, (r.stdout[-1500:], r.stderr)
 
     def comparable(run):
         timing = ("time", "throughput", "gen_tokens_per_s", "gen_share")
