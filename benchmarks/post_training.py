@@ -120,8 +120,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="a fraction of every run's steps (a smoke test)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/post_training"))
+    ap.add_argument("--report-only", action="store_true", help="redraw the table and plots from results.json")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+        print(report(results, out))
+        print(f"grpo_minus_sft: {100 * (_mean(results, 'grpo') - _mean(results, 'sft')):.1f}")
+        return
     out.mkdir(parents=True, exist_ok=True)
     q = ["loop.max_steps=20", "data.suite_eval=60", "data.eval_prompts=30"] if args.quick else []
     started = time.time()
@@ -189,6 +195,20 @@ def _curve(run: Path) -> dict:
     return {k: [r.get(k) for r in train_rows] for k in ("step", "kl", "reward_model", "reward_exact", "reward")}
 
 
+def _rounds(c: dict) -> tuple[list, list, list]:
+    """One point per round of generation (the steps of a round log the same round statistics)."""
+    out, last = [], None
+    for kl, proxy, gold in zip(c["kl"], c["reward_model"], c["reward_exact"]):
+        if (kl, proxy, gold) != last:
+            out.append((kl, proxy, gold))
+            last = (kl, proxy, gold)
+    return [o[0] for o in out], [o[1] for o in out], [o[2] for o in out]
+
+
+def _smooth(values: list[float], k: int = 5) -> list[float]:
+    return [sum(values[max(0, i - k + 1):i + 1]) / len(values[max(0, i - k + 1):i + 1]) for i in range(len(values))]
+
+
 def _mean(results: dict, method: str) -> float:
     vals = [r[method]["exact_match"] for r in results["seeds"].values()]
     return sum(vals) / len(vals)
@@ -237,15 +257,19 @@ def _plots(results: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for coef, c in results["frontier"].items():
-        kl = [k for k in c["kl"]]
-        axes[0].plot(kl, c["reward_model"], "o-", ms=3, alpha=0.6, label=f"proxy (RM score), kl_coef {coef}")
-        axes[1].plot(kl, c["reward_exact"], "o-", ms=3, alpha=0.6, label=f"gold (exact answer), kl_coef {coef}")
-    axes[0].set(xlabel="KL(policy || reference) per reply, nats", ylabel="reward-model score", title="what PPO optimizes")
-    axes[1].set(xlabel="KL(policy || reference) per reply, nats", ylabel="exact-answer rate of the sampled replies",
-                title="what we want")
+    for (coef, c), color in zip(sorted(results["frontier"].items(), key=lambda kv: float(kv[0])),
+                                ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        kl, proxy, gold = _rounds(c)
+        axes[0].plot(kl, proxy, "o", ms=2, alpha=0.25, color=color)
+        axes[0].plot(_smooth(kl), _smooth(proxy), "-", color=color, label=f"kl_coef {coef}")
+        axes[1].plot(kl, gold, "o", ms=2, alpha=0.25, color=color)
+        axes[1].plot(_smooth(kl), _smooth(gold), "-", color=color, label=f"kl_coef {coef}")
+    axes[0].set(xlabel="KL(policy || reference) per reply, nats", ylabel="reward-model score (proxy)",
+                title="what PPO optimizes: the reward model")
+    axes[1].set(xlabel="KL(policy || reference) per reply, nats", ylabel="exact answers among sampled replies (gold)",
+                title="what we want: right answers")
     for a in axes:
-        a.legend(fontsize=7)
+        a.legend(fontsize=7, title="rounds in training order; lines: mean of 5", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "reward_kl.png", dpi=120)
     plt.close(fig)
