@@ -275,11 +275,15 @@ def _plots(results: dict, out: Path) -> None:
     plt.close(fig)
     seed0 = out / f"seed{next(iter(results['seeds']))}"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, key in (("grpo", "reward"), ("ppo", "reward_exact")):
+    for (name, key), color in zip((("grpo", "reward"), ("ppo", "reward_exact")), ("tab:blue", "tab:orange")):
         c = _curve(seed0 / name)
-        ax.plot(c["step"], c[key], label=f"{name.upper()}: exact-answer reward of its sampled replies"
-                if key == "reward_exact" else "GRPO: suite reward of its sampled replies")
-    ax.set(xlabel="optimizer step", ylabel="mean reward per round", title="reward during training (seed 0)")
+        ax.plot(c["step"], c[key], "-", lw=0.6, alpha=0.35, color=color)
+        ax.plot(c["step"], _smooth(c[key], 20), "-", color=color,
+                label="PPO (reward model): exact-answer rate of its sampled replies" if key == "reward_exact"
+                else "GRPO: suite reward of its sampled replies (1 right, 0.1 well-formed)")
+    ax.set_ylim(0, 1)
+    ax.set(xlabel="optimizer step", ylabel="mean per round (line: running mean of 20 steps)",
+           title="reward during training (seed 0)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "rewards.png", dpi=120)

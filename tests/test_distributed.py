@@ -391,7 +391,7 @@ def test_online_post_training_under_torchrun_resumes_in_one_process(tmp_path, sf
     d = sft_chain
     args = [f"tasks-{method}", f"model.init_from={d / 'sft'}", "data.suite_size=48", "data.suite_eval=14",
             "data.eval_prompts=8", "data.max_new_tokens=6", "data.block_size=64", "schedule.warmup_steps=0",
-            "data.prompts_per_round=4", "data.group_size=2", "data.batch_size=4", "data.epochs=2",
+            "data.prompts_per_round=4", "data.group_size=2", "data.batch_size=4", "data.epochs_per_round=2",
             "loop.eval_every=2", "loop.log_every=1", f"loop.parallel={parallel}"]
     args += [f"data.reward_model={d / 'rm'}"] if method == "ppo" else ["objective.beta=0.1"]
     run = tmp_path / "run"

@@ -199,7 +199,7 @@ def test_grpo_and_ppo_train_on_generated_replies(chain, tmp_path):
 def ppo_cfg(chain, *extra):
     return config.load_recipe("tasks-ppo", [f"model.init_from={chain / 'sft'}", f"data.reward_model={chain / 'rm'}",
                                             *SMALL, "loop.steps=6", "loop.eval_every=2", "data.prompts_per_round=4",
-                                            "data.batch_size=4", "data.epochs=2", *extra])
+                                            "data.batch_size=4", "data.epochs_per_round=2", *extra])
 
 
 def test_a_run_of_four_models_resumes_exactly_after_a_kill(chain, tmp_path, monkeypatch):
@@ -287,7 +287,7 @@ def test_a_sigkilled_run_of_four_models_resumes_exactly(chain, tmp_path):
     import time
 
     args = ["tasks-ppo", f"model.init_from={chain / 'sft'}", f"data.reward_model={chain / 'rm'}", *SMALL,
-            "loop.steps=40", "loop.eval_every=2", "data.prompts_per_round=4", "data.batch_size=4", "data.epochs=2"]
+            "loop.steps=40", "loop.eval_every=2", "data.prompts_per_round=4", "data.batch_size=4", "data.epochs_per_round=2"]
     assert run_cli("train", *args, "--run-dir", str(tmp_path / "full")).returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args, "--run-dir", str(killed)],

@@ -12,7 +12,7 @@ Generation inside a step is this source, fed by the current policy; the loop is 
      data.missing_eos_penalty for a reply that never wrote <|end|>);
   4. the objective's `prepare(rollout)` turns rewards into advantages (GRPO: relative to the group; PPO: a
      per-token KL penalty and GAE);
-  5. the round's sequences are then the training batches: data.epochs passes, data.batch_size x
+  5. the round's sequences are then the training batches: data.epochs_per_round passes, data.batch_size x
      loop.grad_accum sequences per optimizer step, in a seeded order.
 
 The whole round is kept in the stream's state, so a checkpoint taken in the middle of a round resumes exactly.
@@ -48,7 +48,7 @@ class PromptsTable(PostTrainTable):
     source: Literal["prompts"] = "prompts"
     group_size: PositiveInt = 8  # replies generated per prompt (GRPO's group; PPO often uses 1)
     prompts_per_round: PositiveInt = 16  # prompts answered per round of generation
-    epochs: PositiveInt = 1  # passes over each round's replies (PPO's epochs; GRPO's iterations)
+    epochs_per_round: PositiveInt = 1  # passes over each round's replies (PPO's epochs; GRPO's iterations)
     temperature: float = Field(1.0, ge=0)  # sampling temperature of the replies (0 = greedy: no exploration)
     top_k: int = Field(0, ge=0)
     rewards: list[str] = ["suite"]  # reward functions (trainlab.data.rewards): exact, format, suite, MODULE:NAME
@@ -89,7 +89,7 @@ class Prompts:
         sizes = {s: len(self.rows[s]) for s in SPLITS}
         self.info = base_info(cfg, self.tokenizer, "prompts", sizes)
         self.batch_size = cfg.batch_size
-        per_round = cfg.prompts_per_round * cfg.group_size * cfg.epochs
+        per_round = cfg.prompts_per_round * cfg.group_size * cfg.epochs_per_round
         self.batches_per_epoch = max(1, sizes["train"] // cfg.prompts_per_round * per_round // cfg.batch_size)
         self.reward_model = None  # loaded by the stream, on the policy's device
 
@@ -162,9 +162,9 @@ class RolloutStream:
     def __init__(self, data: Prompts, seed: int, policy, plan):
         self.data, self.cfg, self.seed, self.policy, self.plan = data, data.cfg, seed, policy, plan
         cfg = self.cfg
-        per_round = cfg.prompts_per_round * cfg.group_size * cfg.epochs
+        per_round = cfg.prompts_per_round * cfg.group_size * cfg.epochs_per_round
         if per_round % plan.global_batch:
-            raise UserError(f"a round holds data.prompts_per_round x data.group_size x data.epochs = {per_round} "
+            raise UserError(f"a round holds data.prompts_per_round x data.group_size x data.epochs_per_round = {per_round} "
                             f"sequences, which the step's {plan.global_batch} (data.batch_size x loop.grad_accum) do "
                             "not divide", "make the round a multiple of the step's batch")
         world = policy.ctx.world if policy.ctx is not None else 1
@@ -233,7 +233,7 @@ class RolloutStream:
         self.buffer, self.stats = self._score(chosen, replies, ended)
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.round) * 7 + 1)
         n = len(replies)
-        self.order = torch.cat([torch.randperm(n, generator=g) for _ in range(cfg.epochs)])
+        self.order = torch.cat([torch.randperm(n, generator=g) for _ in range(cfg.epochs_per_round)])
         self.pos = 0
         self.round += 1
 
@@ -258,7 +258,7 @@ class RolloutStream:
         needs_values = getattr(policy.objective, "needs_values", False)
         # One optimizer step per round, one pass: the policy that generated is the one that trains, so its
         # log-probabilities come from the training forward itself (ratio 1) and need no pass of their own.
-        on_policy = cfg.epochs == 1 and len(seqs) == self.plan.global_batch and not needs_values
+        on_policy = cfg.epochs_per_round == 1 and len(seqs) == self.plan.global_batch and not needs_values
         with policy.gathered() as m:
             for i in range(0, 0 if on_policy else len(idx), 256):
                 x = idx[i:i + 256].to(policy.device)

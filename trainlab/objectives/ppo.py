@@ -8,7 +8,7 @@ The policy carries a value head (model.value_head = true). The prompts source ge
     GAE               delta_t = r_t + gamma V_{t+1} - V_t ;  A_t = delta_t + gamma lambda A_{t+1}
                       (Schulman et al. 2016); returns R_t = A_t + V_t; advantages whitened over the round
 
-then the loss on each batch of the round (data.epochs passes):
+then the loss on each batch of the round (data.epochs_per_round passes):
 
     policy  -min(ratio A, clip(ratio, 1 - eps, 1 + eps) A)          mean over reply tokens
     value   0.5 max((V - R)^2, (clip(V, V_old +- cliprange_value) - R)^2), weighted by vf_coef
