@@ -76,9 +76,11 @@ class Prompts:
                      for s, split in rows_by_split(cfg, chat.prompt, lambda s, i, it: (
                          f"suite item {s}/{i} ({it.task})", [("user", it.prompt)],
                          {"answer": it.answer, "task": it.task})).items()}
+        # Every prompt through the template once: rounds, scoring and validation reuse the ids.
+        self.ids = {s: [self.template.prompt_ids(m) for _, m, _ in self.rows[s]] for s in SPLITS}
         for s in SPLITS:  # a prompt must leave room for a reply
-            for where, msgs, _ in self.rows[s]:
-                n = len(self.template.prompt_ids(msgs))
+            for (where, _, _), ids in zip(self.rows[s], self.ids[s]):
+                n = len(ids)
                 if n + 1 > cfg.block_size:
                     raise UserError(f"{where}: the prompt takes {n} tokens; the context is {cfg.block_size} "
                                     "(data.block_size)", "shorten the prompt, or drop the row")
@@ -99,7 +101,7 @@ class Prompts:
     def stream(self, seed: int, policy, plan) -> "RolloutStream":
         return RolloutStream(self, seed, policy, plan)
 
-    def score(self, msgs: list[chat.Messages], replies: list[str], rows: list[dict],
+    def score(self, msgs: list[chat.Messages], replies: list[str], rows: list[dict], prompt_ids: list[list[int]],
               reply_ids: list[list[int]]) -> tuple[torch.Tensor, dict]:
         """(N,) rewards of replies (texts, and their tokens, with or without a closing <|end|>) and each part's
         mean. A reward model reads the prompt and the reply's content, as it was trained (its score sits on the
@@ -110,7 +112,7 @@ class Prompts:
         if self.reward_model is not None:
             model, device = self.reward_model
             end = self.template.end_id
-            seqs = [self.template.prompt_ids(m) + (r[:-1] if r and r[-1] == end else r) for m, r in zip(msgs, reply_ids)]
+            seqs = [p + (r[:-1] if r and r[-1] == end else r) for p, r in zip(prompt_ids, reply_ids)]
             width = min(max(len(s) for s in seqs), self.cfg.block_size)
             idx = pad_rows([s[:width] for s in seqs], width, self.tokenizer.pad_id)
             with torch.no_grad():
@@ -122,12 +124,14 @@ class Prompts:
     def validate(self, policy, limit: int = 0) -> dict[str, float]:
         if self.reward_model is None and self.cfg.reward_model:
             self._load_reward_model(policy)
-        rows = self.rows["val"][:self.cfg.eval_prompts or None]  # 0: every validation prompt
+        n = self.cfg.eval_prompts or None  # 0: every validation prompt
+        rows, prompt_ids = self.rows["val"][:n], self.ids["val"][:n]
         if not rows:
             return {}
         replies = greedy_replies(policy.generate, self.template, [m for _, m, _ in rows], self.cfg.max_new_tokens)
         ids = [self.template.completion_ids(t) for t, _ in replies]
-        reward, _ = self.score([m for _, m, _ in rows], [t for t, _ in replies], [r for _, _, r in rows], ids)
+        reward, _ = self.score([m for _, m, _ in rows], [t for t, _ in replies], [r for _, _, r in rows], prompt_ids,
+                               ids)
         out = {"reward": float(reward.mean()), "reply_tokens": float(np.mean([n for _, n in replies]))}
         scored = [(r, t) for (_, _, r), (t, _) in zip(rows, replies) if "answer" in r]
         if scored:
@@ -210,8 +214,7 @@ class RolloutStream:
         chosen = self._prompts_of_round(self.round)
         share = len(chosen) // world
         mine = chosen[rank * share:(rank + 1) * share]
-        rows = self.data.rows["train"]
-        prompt_ids = [tpl.prompt_ids(rows[i][1]) for i in mine]
+        prompt_ids = [self.data.ids["train"][i] for i in mine]
         room = cfg.block_size - max(len(p) for p in prompt_ids)
         t = time.perf_counter()
         replies = policy.generate([p for p in prompt_ids for _ in range(cfg.group_size)],
@@ -244,7 +247,8 @@ class RolloutStream:
         rows = [data.rows["train"][i][2] for i in chosen for _ in range(g)]
         reply_tokens = [r + [tpl.end_id] if e else r for r, e in zip(replies, ended)]
         texts = [tpl.decode(r) for r in replies]
-        seqs = [tpl.prompt_ids(m) + r for m, r in zip(msgs, reply_tokens)]
+        prompt_ids = [data.ids["train"][i] for i in chosen for _ in range(g)]
+        seqs = [p + r for p, r in zip(prompt_ids, reply_tokens)]
         starts = [len(s) - len(r) for s, r in zip(seqs, reply_tokens)]
         width = max(len(s) for s in seqs) - 1
         idx = pad_rows([s[:-1] for s in seqs], width, data.tokenizer.pad_id)
@@ -280,7 +284,7 @@ class RolloutStream:
         if self.reference is not None:
             buffer["ref_logp"] = torch.cat([self.reference.logps(idx[i:i + 256], targets[i:i + 256], temperature)
                                             for i in range(0, len(idx), 256)])
-        reward, parts = data.score(msgs, texts, rows, reply_tokens)
+        reward, parts = data.score(msgs, texts, rows, prompt_ids, reply_tokens)
         if cfg.missing_eos_penalty:
             reward = reward - cfg.missing_eos_penalty * (~buffer["ended"]).float()
         buffer["reward"] = reward
