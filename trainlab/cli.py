@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new, or empty)")
     x.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
 
+    from trainlab.scaling import commands as scaling_commands, plan
+
+    scaling_commands.add_parser(sub)
+    plan.add_parser(sub)
+
     rc = sub.add_parser("recipes", help="list the bundled recipes, or print one")
     rc.add_argument("name", nargs="?", help="print this recipe's TOML (a bundled name or a file)")
     rc.add_argument("--resolved", action="store_true", help="with NAME: the full config, every default filled in")
@@ -154,6 +159,18 @@ def cmd_export(args) -> None:
     print(f"exported {args.run_dir} as {arch} to {args.out}")
 
 
+def cmd_scaling(args) -> None:
+    from trainlab.scaling import commands
+
+    commands.command(args)
+
+
+def cmd_plan(args) -> None:
+    from trainlab.scaling import plan
+
+    plan.command(args)
+
+
 def cmd_recipes(args) -> None:
     from trainlab import config
 
@@ -210,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
     handler = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "report": cmd_report,
-               "predict": cmd_predict, "export": cmd_export, "recipes": cmd_recipes}[args.command]
+               "predict": cmd_predict, "export": cmd_export, "recipes": cmd_recipes, "scaling": cmd_scaling,
+               "plan": cmd_plan}[args.command]
     try:
         handler(args)
         sys.stdout.flush()  # inside the try: a reader that went away shows here, not at interpreter exit

@@ -1,0 +1,232 @@
+"""Scaling laws: the fitter against published and synthetic laws, the sweep as a user runs it, and bad input.
+
+tests/fixtures/chinchilla_points.csv: the 245 (model size, training FLOP, loss) points that Epoch AI extracted
+from Figure 4 of Hoffmann et al. 2022 for their replication (Besiroglu, Erdil, Barnett, You 2024, "Chinchilla
+Scaling: A replication attempt"); published measurements, carried as a fixture."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+from trainlab.errors import UserError
+from trainlab.scaling import fit, law as law_lib, points as points_lib, sweep as sweep_lib
+
+CHINCHILLA = Path(__file__).parent / "fixtures" / "chinchilla_points.csv"
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    r = run_cli(*args)
+    return r.returncode, r.stdout, r.stderr
+
+
+def synthetic(path: Path, true: law_lib.Law, sizes, tokens, noise: float = 0.0, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = ["params,tokens,loss"]
+    for n in sizes:
+        for d in tokens:
+            rows.append(f"{n},{d},{true.loss(n, d) * math.exp(noise * rng.standard_normal())}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_epochs_refit_of_chinchilla_is_recovered_within_their_standard_errors():
+    code, out, err = cli("scaling", "fit", str(CHINCHILLA), "--drop-highest", "5", "--bootstrap", "0", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    epoch = law_lib.EPOCH
+    for k in law_lib.KEYS:
+        assert abs(got[k] - getattr(epoch, k)) <= epoch.se[k], (k, got[k], getattr(epoch, k))
+    assert got["fit"]["points"] == 240 and got["fit"]["converged"] > 0.9 * got["fit"]["starts"]
+    assert set(got["se"]) == set()  # --bootstrap 0: no standard errors, never made-up ones
+
+
+def test_a_synthetic_law_is_recovered_with_bootstrap_errors_that_cover_it(tmp_path):
+    true = law_lib.Law(1.7, 300.0, 900.0, 0.32, 0.30)
+    f = synthetic(tmp_path / "p.csv", true, np.geomspace(1e6, 1e9, 7), np.geomspace(1e8, 1e11, 7), noise=0.003)
+    got, info = fit.parametric(points_lib.read_csv(f), bootstrap=20)
+    # 0.3% noise on 49 points: over noise seeds the fitted E spreads by ~0.02 and alpha, beta by ~0.003
+    assert got.E == pytest.approx(1.7, abs=0.06) and got.alpha == pytest.approx(0.32, abs=0.01)
+    assert got.beta == pytest.approx(0.30, abs=0.01)
+    assert info["bootstrap"]["resamples"] == 20 and info["bootstrap"]["converged"] >= 18
+    assert 1e-3 < got.se["E"] < 0.1 and 1e-4 < got.se["alpha"] < 0.02 and 1e-4 < got.se["beta"] < 0.02
+    # noiseless: exact
+    f0 = synthetic(tmp_path / "p0.csv", true, np.geomspace(1e6, 1e9, 6), np.geomspace(1e8, 1e11, 6))
+    exact, _ = fit.parametric(points_lib.read_csv(f0))
+    for k in law_lib.KEYS:
+        assert getattr(exact, k) == pytest.approx(getattr(true, k), rel=2e-3)
+
+
+def test_the_batched_objective_gradient_matches_finite_differences():
+    rng = np.random.default_rng(0)
+    logn, logd = rng.uniform(13, 20, 40), rng.uniform(18, 25, 40)
+    logl = np.log(law_lib.EPOCH.loss(np.exp(logn), np.exp(logd))) + rng.normal(0, 0.01, 40)
+    theta = np.array([[6.0, 7.0, 0.6, 0.35, 0.37], [3.0, 12.0, -0.2, 0.8, 0.5]])
+    f, g = fit._objective(theta, logn, logd, logl, 1e-3)
+    for j in range(5):
+        e = np.zeros(5)
+        e[j] = 1e-6
+        num = (fit._objective(theta + e, logn, logd, logl, 1e-3)[0] - fit._objective(theta - e, logn, logd, logl,
+                                                                                       1e-3)[0]) / 2e-6
+        np.testing.assert_allclose(g[:, j], num, rtol=1e-4, atol=1e-9)
+
+
+def test_isoflop_profiles_and_power_laws_find_the_laws_exponents(tmp_path):
+    true = law_lib.Law(1.7, 400.0, 400.0, 0.34, 0.28)
+    rows = ["params,flops,loss"]
+    for c in (1e18, 1e19, 1e20, 1e21):
+        n_opt, _ = true.optimal(c)
+        for n in n_opt * np.geomspace(0.25, 4, 7):
+            rows.append(f"{n},{c},{true.loss(n, c / (6 * n))}")
+    (tmp_path / "iso.csv").write_text("\n".join(rows))
+    p = points_lib.read_csv(tmp_path / "iso.csv")
+    a2 = fit.isoflop_fit(p)
+    assert a2["a"] == pytest.approx(true.exponents[0], abs=0.02) and len(a2["profiles"]) == 4
+    # Kaplan's L(N) on a pure power law (no irreducible term) recovers its exponent and X_c
+    rows = ["params,tokens,loss"] + [f"{n},1e12,{(8.8e13 / n) ** 0.076}" for n in np.geomspace(1e5, 1e9, 9)]
+    (tmp_path / "kap.csv").write_text("\n".join(rows))
+    k = fit.power_laws(points_lib.read_csv(tmp_path / "kap.csv"))["N"]
+    assert k["alpha"] == pytest.approx(0.076, rel=1e-6) and k["x_c"] == pytest.approx(8.8e13, rel=1e-4)
+    assert "skipped" in fit.power_laws(points_lib.read_csv(tmp_path / "kap.csv"))["D"]  # one token budget
+
+
+def test_the_compute_optimal_allocation_matches_a_brute_force_search():
+    for law in law_lib.PUBLISHED.values():
+        c = 5.76e23
+        n, d = law.optimal(c)
+        grid = np.geomspace(n / 10, n * 10, 20001)
+        brute = grid[np.argmin([law.loss(x, c / (6 * x)) for x in grid])]
+        assert n == pytest.approx(brute, rel=1e-3) and 6 * n * d == pytest.approx(c)
+
+
+@pytest.mark.parametrize("rows,expect", [
+    ("params,tokens,loss\n1e6,1e9,3.1\n2e6,-1e9,3.0\n", "line 3: tokens must be a positive finite number; got '-1e9'"),
+    ("params,tokens,loss\n1e6,1e9,nan\n", "line 2: loss must be a positive finite number; got 'nan'"),
+    ("params,tokens,loss\n1e6,1e9,inf\n", "got 'inf'"),
+    ("params,tokens,loss\n1e6,,3\n", "got ''"),
+    ("size,loss\n1,2\n", "needs columns for parameters, loss, and tokens or FLOPs; it has 'size', 'loss'"),
+    ("params,tokens,loss\n", "has a header but no points"),
+    ("", "needs columns"),
+])
+def test_bad_points_are_one_line_errors(tmp_path, rows, expect):
+    (tmp_path / "p.csv").write_text(rows)
+    code, out, err = cli("scaling", "fit", str(tmp_path / "p.csv"))
+    assert code == 2 and expect in err and err.count("\n") == 2 and out == "", err
+
+
+def test_points_that_cannot_be_fitted_say_why(tmp_path):
+    true = law_lib.EPOCH
+    one = synthetic(tmp_path / "one.csv", true, [1e8], np.geomspace(1e9, 1e11, 8))
+    code, _, err = cli("scaling", "fit", str(one))
+    assert code == 2 and "every point has the same size" in err
+    few = synthetic(tmp_path / "few.csv", true, [1e8, 1e9], [1e9, 1e10])
+    code, _, err = cli("scaling", "fit", str(few))
+    assert code == 2 and "needs at least 6 points; got 4" in err
+    flat = tmp_path / "flat.csv"  # loss that does not fall with size: degenerate, not a nonsense law
+    flat.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{3 + 1e3 / d ** 0.3}\n" for n in (1e6, 1e7, 1e8)
+                                                        for d in (1e9, 1e10, 1e11)))
+    code, _, err = cli("scaling", "fit", str(flat), "--bootstrap", "0")
+    assert code == 2 and "degenerate: alpha" in err
+    code, _, err = cli("scaling", "fit", str(tmp_path / "missing.csv"))
+    assert code == 2 and "does not exist" in err
+
+
+def test_a_fit_that_does_not_converge_is_reported(tmp_path, monkeypatch):
+    f = synthetic(tmp_path / "p.csv", law_lib.EPOCH, np.geomspace(1e6, 1e9, 4), np.geomspace(1e8, 1e11, 4))
+    real = fit._minimize
+    monkeypatch.setattr(fit, "_minimize", lambda starts, args: real(starts, args, max_iter=2))
+    with pytest.raises(UserError, match="did not converge from any of 4500 starts"):
+        fit.parametric(points_lib.read_csv(f))
+
+
+def test_shapes_count_non_embedding_parameters_exactly():
+    import torch
+
+    from trainlab import config
+    from trainlab.models.gpt import GPT
+
+    cfg = config.load_recipe("stdlib-scaling").model
+    for text in ("20k", "300k", "3x96", "2M"):
+        s = sweep_lib.parse_size(cfg, text)
+        with torch.device("meta"):
+            m = GPT(cfg.model_copy(update={"n_layer": s.n_layer, "n_embd": s.n_embd, "n_head": s.n_head}), 512, 64)
+        total = sum(p.numel() for p in m.parameters())
+        assert s.params == total - m.wte.weight.numel()
+        if "x" not in text:
+            target = sweep_lib.parse_number(text, "--sizes")
+            assert 0.7 < s.params / target < 1.4
+    for bad in ("0", "-5k", "lots", "0x64"):
+        with pytest.raises(UserError):
+            sweep_lib.parse_size(cfg, bad)
+
+
+def sweep_args(out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["scaling", "sweep", "stdlib-scaling", f"data.cache_dir={cache}", "data.max_bytes=200000",
+            "data.split=tail", "data.vocab_size=300", "data.batch_size=8", "loop.eval_batches=2",
+            "--sizes", "1x16", "1x32", "2x32", "--tokens", "3000", "6000", "--lrs", "3e-3", "--out", str(out),
+            *extra]
+
+
+def test_a_sweep_trains_its_grid_once_and_fits(tmp_path):
+    out = tmp_path / "sweep"
+    code, stdout, err = cli(*sweep_args(out, tmp_path / "cache"))
+    assert code == 0, err
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(runs) == 6 and all((out / "runs" / r / "model" / "config.json").is_file() for r in runs)
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["lr_choice"] == {"L1-C16": 3e-3, "L1-C32": 3e-3, "L2-C32": 3e-3}
+    p = points_lib.read_csv(out)
+    finals = p.finals()
+    assert len(finals) == 6 and set(finals.tokens) == {8 * 64 * 6, 8 * 64 * 12}  # whole steps of 512 tokens
+    assert np.all(finals.flops == 6 * finals.params * finals.tokens)
+    header = (out / "points.csv").read_text().splitlines()[0].split(",")
+    assert {"params_total", "flops_model"} <= set(header)
+    # Rerunning the same command trains nothing: every run is finished.
+    code, stdout, err = cli(*sweep_args(out, tmp_path / "cache"))
+    assert code == 0 and "val loss" not in stdout
+    # ... and `fit` reads the folder (6 points: enough for the parametric law, or a clear degenerate-fit line).
+    code, stdout, err = cli("scaling", "fit", str(out), "--bootstrap", "0", "--json")
+    assert code == 0 and math.isfinite(json.loads(stdout)["E"]) or (code == 2 and "degenerate" in err), err
+    # Another recipe into the same folder is refused.
+    code, _, err = cli("scaling", "sweep", "stdlib-gpt", "--sizes", "1x16", "--tokens", "1000", "--out", str(out))
+    assert code == 2 and "is a sweep of stdlib-scaling" in err
+
+
+def test_a_sweep_searches_the_learning_rate_at_each_sizes_smallest_budget(tmp_path):
+    out = tmp_path / "sweep"
+    args = sweep_args(out, tmp_path / "cache")
+    args[args.index("--sizes") + 1:args.index("--tokens")] = ["1x16"]
+    args[args.index("--lrs") + 1] = "1e-4"
+    args.insert(args.index("--lrs") + 2, "1e-2")
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    searched = [r for r in runs if "-D3e03-" in r]
+    assert len(searched) == 2 and len(runs) == 3  # both rates at 3,000 tokens, the better one at 6,000
+    meta = json.loads((out / "sweep.json").read_text())
+    chosen = meta["lr_choice"]["L1-C16"]
+    losses = {r: json.loads((out / "runs" / r / "summary.json").read_text())["metrics"]["val"]["loss"]
+              for r in searched}
+    assert chosen == 1e-2 and min(losses, key=losses.get).endswith("lr0.01")
+    assert any(r.startswith("L1-C16-D6e03-lr0.01") for r in runs)
+    assert len(points_lib.read_csv(out).finals()) == 2  # the losing rate is not a point of the law
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--sizes", "1x16", "--tokens", "1000", "--flops", "1e9"], "not allowed with argument"),
+    (["--sizes", "tiny", "--tokens", "1000"], "--sizes expects positive numbers such as 20k"),
+    (["--sizes", "1x16", "--tokens", "0"], "--tokens expects positive numbers"),
+    (["--sizes", "1x16", "--tokens", "1000", "--lrs", "nan"], "--lrs expects positive numbers"),
+])
+def test_bad_sweep_arguments(tmp_path, args, expect):
+    code, _, err = cli("scaling", "sweep", "stdlib-scaling", *args, "--out", str(tmp_path / "s"))
+    assert code == 2 and expect in err, err
+
+
+def test_a_sweep_of_a_model_that_is_not_a_language_model_is_refused(tmp_path):
+    code, _, err = cli("scaling", "sweep", "digits-mlp", "--sizes", "1x16", "--tokens", "1000",
+                           "--out", str(tmp_path / "s"))
+    assert code == 2 and "trains language models" in err

@@ -1,0 +1,166 @@
+"""`trainlab scaling sweep|fit`: the command line of the scaling tools (`trainlab plan` lives in plan.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from trainlab.errors import UserError
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser("scaling", help="scaling laws: sweep model sizes and token budgets, fit the laws")
+    ss = s.add_subparsers(dest="scaling_command", required=True, metavar="SUBCOMMAND")
+
+    w = ss.add_parser("sweep", help="train a grid of GPT sizes x token budgets (each an ordinary run folder)",
+                      description="Train every (size, budget) of the grid, with a learning-rate search per size at "
+                      "its smallest budget. Rerun the same command to continue; start several processes on one "
+                      "--out to share the work, or run it under torchrun (each run data-parallel).")
+    w.add_argument("recipe", help="a GPT recipe (e.g. stdlib-scaling): data, tokenizer, optimizer and schedule")
+    w.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides for every run")
+    w.add_argument("--sizes", nargs="+", required=True, metavar="SIZE",
+                   help="non-embedding parameter counts (20k 100k 1M: the nearest GPT shape) or LAYERSxWIDTH (4x128)")
+    b = w.add_mutually_exclusive_group(required=True)
+    b.add_argument("--tokens", nargs="+", metavar="D", help="training tokens per run (e.g. 1M 3M 10M)")
+    b.add_argument("--flops", nargs="+", metavar="C",
+                   help="training FLOPs per run, C = 6 N D: an IsoFLOP grid, each size trains C / (6 N) tokens")
+    w.add_argument("--lrs", nargs="+", default=[], metavar="LR",
+                   help="learning rates searched per size (default: the recipe's optim.lr x 0.5, 1, 2)")
+    w.add_argument("--out", required=True, metavar="DIR", help="the sweep folder (continued when it exists)")
+    w.add_argument("--verbose", action="store_true", help="show every run's progress")
+
+    f = ss.add_parser("fit", help="fit scaling laws to a CSV of points or a sweep folder",
+                      description="Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al.'s approach 3, Huber on "
+                      "log loss, L-BFGS from a grid of starts) and, when the points allow, approaches 1 and 2 and "
+                      "Kaplan's power laws. The CSV needs columns for parameters, loss, and tokens or FLOPs "
+                      "(params,tokens,loss; or Epoch AI's 'Model Size','Training FLOP','loss').")
+    f.add_argument("points", help="a CSV file, or a sweep folder (its points.csv)")
+    f.add_argument("--json", action="store_true", help="print the fit as JSON (the input of `trainlab plan --law`)")
+    f.add_argument("--bootstrap", type=int, default=100, metavar="K",
+                   help="resamples for the standard errors (default 100; 0 = none)")
+    f.add_argument("--drop-highest", type=int, default=0, metavar="K",
+                   help="leave out the K points of highest loss (Epoch AI's refit of Chinchilla dropped 5 outliers)")
+    f.add_argument("--max-params", type=float, default=0, metavar="N",
+                   help="fit only the points with at most N parameters (then predict larger ones with --predict)")
+    f.add_argument("--predict", nargs=2, action="append", default=[], metavar=("N", "D"),
+                   help="print the fitted law's loss for N parameters trained on D tokens (repeatable)")
+    f.add_argument("--plots", metavar="DIR", help="write the plots (loss vs compute, IsoFLOP, N_opt and D_opt) here")
+    f.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+
+
+def command(args) -> None:
+    if args.scaling_command == "sweep":
+        sweep_command(args)
+    else:
+        fit_command(args)
+
+
+def sweep_command(args) -> None:
+    from trainlab.scaling.sweep import Sweep
+
+    sw = Sweep(args.out, args.recipe, args.overrides, args.sizes, args.tokens or [], args.flops or [], args.lrs)
+    n = len(sw.jobs())
+    print(f"sweep of {args.recipe}: {len(sw.sizes)} sizes x {len(sw.budgets)} {sw.budget_kind} budgets, "
+          f"{len(sw.lrs)} learning rates searched per size: {n} runs in {args.out}", flush=True)
+    sw.run(quiet=not args.verbose)
+    from trainlab import distributed
+
+    if distributed.rank() == 0:
+        out = sw.collect()
+        print(f"wrote {out}; fit it with: trainlab scaling fit {args.out}")
+
+
+def _count(text: str, option: str) -> float:
+    from trainlab.scaling.sweep import parse_number
+
+    return parse_number(text, option)
+
+
+def fit_command(args) -> None:
+    import numpy as np
+
+    from trainlab.scaling import fit, points
+
+    if args.bootstrap < 0 or args.drop_highest < 0 or args.max_params < 0:
+        raise UserError("--bootstrap, --drop-highest and --max-params must be >= 0", "e.g. --bootstrap 100")
+    p = points.read_csv(args.points)
+    if args.drop_highest:
+        if args.drop_highest >= len(p.finals()):
+            raise UserError(f"--drop-highest {args.drop_highest} leaves none of the {len(p.finals())} points",
+                            "drop fewer")
+        # Leave out the K highest final losses, with their runs' training curves.
+        worst = np.argsort(np.where(p.final, p.loss, -np.inf))[-args.drop_highest:]
+        dropped = {p.run[i] for i in worst if p.run[i]}
+        keep = np.ones(len(p), bool)
+        keep[worst] = False
+        keep &= np.array([not (r and r in dropped) for r in p.run])
+        p = p.select(keep)
+    if args.max_params:
+        p = p.select(p.params <= args.max_params)
+    result = fit.fit_all(p, bootstrap=args.bootstrap, seed=args.seed)
+    predictions = []
+    if args.predict:
+        from trainlab.scaling.law import Law
+
+        law = Law.from_dict(result)
+        for n_text, d_text in args.predict:
+            n, d = _count(n_text, "--predict N"), _count(d_text, "--predict D")
+            predictions.append({"params": n, "tokens": d, "loss": law.loss(n, d)})
+        result["predictions"] = predictions
+    if args.plots:
+        from trainlab.scaling import plots
+
+        result["plots"] = [str(x) for x in plots.write_all(p, result, Path(args.plots))]
+    print(json.dumps(_clean(result), indent=2) if args.json else table(result))
+
+
+def _clean(x):
+    """JSON without NaN or infinity (not JSON): they become null."""
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def table(r: dict) -> str:
+    from trainlab.scaling.law import EPOCH, HOFFMANN, KEYS, PUBLISHED_EXPONENTS
+
+    se = r.get("se") or {}
+    lines = [f"L(N, D) = E + A / N^alpha + B / D^beta, fitted to {r['fit']['points']} points "
+             f"({r['fit']['converged']} of {r['fit']['starts']} starts converged)",
+             f"{'':8}{'fit':>12}{'std err':>12}{'Hoffmann':>12}{'Epoch':>12}"]
+    for k in KEYS:
+        s = f"{se[k]:>12.4g}" if k in se else f"{'':>12}"
+        lines.append(f"{k:<8}{r[k]:>12.4g}{s}{getattr(HOFFMANN, k):>12.4g}{getattr(EPOCH, k):>12.4g}")
+    lines.append("")
+    lines.append("compute-optimal exponents: N_opt ~ C^a, D_opt ~ C^b")
+    rows = [("approach 3 (this fit)", r["approach3"])] + [(f"approach {i} (this fit)", r[f"approach{i}"])
+                                                          for i in (1, 2)]
+    for name, a in rows:
+        if "skipped" in a:
+            lines.append(f"  {name:<38} skipped: {a['skipped']}")
+        else:
+            ci = a.get("a_ci95")
+            extra = f"  (a 95% CI {ci[0]:.2f}..{ci[1]:.2f}, {a['levels']} levels)" if ci and \
+                all(math.isfinite(v) for v in ci) else ""
+            lines.append(f"  {name:<38} a = {a['a']:.3f}  b = {a['b']:.3f}{extra}")
+    for name, (a, b) in PUBLISHED_EXPONENTS.items():
+        lines.append(f"  {name:<38} a = {a:.3f}  b = {b:.3f}")
+    lines.append("")
+    lines.append("Kaplan et al.'s power laws L(X) = (X_c / X)^alpha_X over the frontier (published: alpha_N 0.076, "
+                 "alpha_D 0.095, alpha_C 0.050)")
+    for x, k in r["kaplan"].items():
+        if "skipped" in k:
+            lines.append(f"  L({x}): skipped: {k['skipped']}")
+        else:
+            lines.append(f"  L({x}): alpha = {k['alpha']:.4f} (95% CI {k['ci95'][0]:.4f}..{k['ci95'][1]:.4f}), "
+                         f"X_c = {k['x_c']:.3g}, R^2 = {k['r2']:.3f}, {k['points']} points")
+    for p in r.get("predictions", []):
+        lines.append(f"predicted loss of N = {p['params']:.3g} on D = {p['tokens']:.3g} tokens: {p['loss']:.4f}")
+    if r.get("plots"):
+        lines.append("plots: " + ", ".join(r["plots"]))
+    return "\n".join(lines)
