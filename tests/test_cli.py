@@ -32,6 +32,8 @@ def recipe_args(recipe: str, text_dir) -> list[str]:
         args += ['data.packages=["email","json"]']
     if source in ("conversations", "preferences", "prompts"):  # a small slice of the task suite
         args += ["data.suite_size=200", "data.suite_eval=30", "data.eval_prompts=16", "data.max_new_tokens=8"]
+    if source == "prompts":  # rounds of 8 replies, not 128: generation is most of an online step
+        args += ["data.prompts_per_round=4", "data.group_size=2", "data.batch_size=8"]
     # Fine-tuning and post-training recipes start from runs of other bundled recipes: tiny ones
     for key in ("model.init_from", "data.reward_model"):
         table, _, name = key.partition(".")

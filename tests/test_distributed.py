@@ -276,15 +276,17 @@ def _status(pid: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel, resume_on", [("fsdp", 1), ("fsdp", 2)])  # DDP writes the one-process format (test_resume)
-def test_a_two_process_checkpoint_resumes_in_one_or_two_processes(tmp_path, gpt, parallel, resume_on):
+# DDP writes the one-process format (test_resume); an FSDP checkpoint resumed in one process:
+# test_online_post_training_under_torchrun_resumes_in_one_process
+@pytest.mark.parametrize("parallel, resume_on", [("fsdp", 2)])
+def test_a_two_process_checkpoint_resumes_exactly(tmp_path, gpt, parallel, resume_on):
     args = [a for a in gpt if not a.startswith(("loop.max_steps", "loop.eval_every"))] + [
-        "loop.max_steps=300", "loop.eval_every=10", f"loop.parallel={parallel}"]
+        "loop.max_steps=150", "loop.eval_every=10", f"loop.parallel={parallel}"]
     single(args, tmp_path / "one")
     run = tmp_path / "run"
     _kill_after_first_checkpoint(args, run)
     killed_at = checkpoint.load_state(run / "checkpoints/last", need="state.pt")["step"]
-    assert json.loads((run / "summary.json").read_text())["status"] == "running" and killed_at < 300
+    assert json.loads((run / "summary.json").read_text())["status"] == "running" and killed_at < 150
 
     resume = ["--run-dir", str(run), "--resume"]
     r = run_cli("train", *args, *resume) if resume_on == 1 else torchrun(*args, *resume)
@@ -404,3 +406,18 @@ def test_online_post_training_under_torchrun_resumes_in_one_process(tmp_path, sf
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     assert train[3]["reward"] == train[2]["reward"]  # step 4 trains on the round that steps 1-3 began
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_a_scaling_sweep_under_torchrun_trains_each_run_on_every_process(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "trainlab", "scaling", "sweep", "stdlib-scaling",
+           f"data.cache_dir={tmp_path / 'cache'}", "data.max_bytes=200000", "data.split=tail", "data.vocab_size=300",
+           "data.batch_size=8", "loop.eval_batches=2", "--sizes", "1x16", "--tokens", "3000", "6000",
+           "--lrs", "3e-3", "1e-2", "--out", str(out)]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 3 and r.stdout.count("val loss") == 3  # printed once, by rank 0
+    assert all(json.loads((d / "summary.json").read_text())["processes"] == 2 for d in runs)
+    assert len((out / "points.csv").read_text().splitlines()) > 2

@@ -234,3 +234,14 @@ def test_cli_bad_law_files(tmp_path):
 def test_cli_needs_a_budget_or_a_model():
     one_error(run_cli("plan"), "needs a budget or a model", "--flops C")
     one_error(run_cli("plan", "--params", "7e9"), "needs a budget or a model")
+
+
+def test_cuda_device_names_map_to_their_accelerator_for_mfu():
+    from trainlab.scaling.accelerators import for_device
+
+    names = {"NVIDIA H100 80GB HBM3": "h100", "NVIDIA H100 PCIe": "h100-pcie", "NVIDIA L40S": "l40s",
+             "NVIDIA L4": "l4", "NVIDIA A100-SXM4-80GB": "a100", "Tesla V100-SXM2-16GB": "v100",
+             "NVIDIA GeForce RTX 4090": "rtx-4090", "NVIDIA H200": "h200"}
+    for device, chip in names.items():
+        assert for_device(device).name == chip
+    assert for_device("NVIDIA A10G") is None and for_device("cpu") is None  # not an A10: no made-up peak

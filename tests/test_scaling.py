@@ -6,6 +6,11 @@ Scaling: A replication attempt"); published measurements, carried as a fixture."
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -200,16 +205,18 @@ def test_a_sweep_searches_the_learning_rate_at_each_sizes_smallest_budget(tmp_pa
     args = sweep_args(out, tmp_path / "cache")
     args[args.index("--sizes") + 1:args.index("--tokens")] = ["1x16"]
     args[args.index("--lrs") + 1] = "1e-4"
-    args.insert(args.index("--lrs") + 2, "1e-2")
+    args[args.index("--lrs") + 2:args.index("--lrs") + 2] = ["1e-2", "1e4"]  # 1e4 diverges: an answer, not a crash
     code, stdout, err = cli(*args)
     assert code == 0, err
+    assert err.startswith("warning: 1 size(s) and 2 budget(s): L(N, D) needs 2 or more of each")
+    assert "L1-C16-D3e03-lr1e04" in stdout and "diverged: the gradient norm became nan" in stdout
     runs = sorted(p.name for p in (out / "runs").iterdir())
     searched = [r for r in runs if "-D3e03-" in r]
-    assert len(searched) == 2 and len(runs) == 3  # both rates at 3,000 tokens, the better one at 6,000
+    assert len(searched) == 3 and len(runs) == 4  # three rates at 3,000 tokens, the best at 6,000
     meta = json.loads((out / "sweep.json").read_text())
     chosen = meta["lr_choice"]["L1-C16"]
     losses = {r: json.loads((out / "runs" / r / "summary.json").read_text())["metrics"]["val"]["loss"]
-              for r in searched}
+              for r in searched if "lr1e04" not in r}
     assert chosen == 1e-2 and min(losses, key=losses.get).endswith("lr0.01")
     assert any(r.startswith("L1-C16-D6e03-lr0.01") for r in runs)
     assert len(points_lib.read_csv(out).finals()) == 2  # the losing rate is not a point of the law
@@ -230,3 +237,96 @@ def test_a_sweep_of_a_model_that_is_not_a_language_model_is_refused(tmp_path):
     code, _, err = cli("scaling", "sweep", "digits-mlp", "--sizes", "1x16", "--tokens", "1000",
                            "--out", str(tmp_path / "s"))
     assert code == 2 and "trains language models" in err
+
+
+def test_emergence_scores_exact_match_and_digits_on_problems_the_corpus_lacks(tmp_path, monkeypatch):
+    from trainlab.scaling import emergence as em
+
+    seen = em.write_corpus(tmp_path / "add.txt", 2000, 3, seed=0)
+    lines = (tmp_path / "add.txt").read_text().splitlines()
+    assert len(lines) == 2000 and all(int(a) + int(b) == int(c) for a, b, c in
+                                      (line.replace("=", "+").split("+") for line in lines))
+    problems, fresh = em.held_out(50, 3, seen)
+    assert fresh and len(problems) == 50 and not set(problems) & seen and all(len(str(a)) == 3 for a, _ in problems)
+    problems, fresh = em.held_out(50, 1, seen)  # 100 one-digit problems in all: most are in the corpus
+    assert not fresh and len(problems) == 50
+    assert em.digit_score("1234", "1234") == 1.0 and em.digit_score("1244", "1234") == 0.75
+    assert em.digit_score("234", "1234") == 0.75 and em.digit_score("", "12") == 0.0
+
+    from trainlab.data.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.train(["0123456789+=\n"])
+    import torch
+
+    from trainlab import generate as gen
+
+    def fake_generate(model, prompts, max_new, temperature=1.0, eos_id=None, **kw):
+        """A model that answers a + b + model.off, greedily."""
+        out = []
+        for p in prompts:
+            a, b = tok.decode(p).rstrip("=").split("+")
+            out.append(tok.encode(str(int(a) + int(b) + model.off)))
+        return out
+
+    monkeypatch.setattr(gen, "generate", fake_generate)
+    right, wrong = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    right.off, wrong.off = 0, 1
+    assert em.score(right, tok, problems)["exact_match"] == 1.0
+    s = em.score(wrong, tok, [(12, 30)])  # 43 instead of 42: one digit of two
+    assert s == {"exact_match": 0.0, "digit_accuracy": 0.5, "problems": 1}
+
+
+def _long_sweep(out: Path, cache: Path) -> list[str]:
+    args = sweep_args(out, cache)
+    args[args.index("--tokens") + 1:args.index("--lrs")] = ["20000", "40000"]
+    return args
+
+
+def _sweep_process(out: Path, cache: Path) -> subprocess.Popen:
+    args = _long_sweep(out, cache)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "trainlab", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_two_processes_share_a_sweep_and_a_killed_sweep_resumes(tmp_path):
+    warm = sweep_args(tmp_path / "warm", tmp_path / "cache")
+    warm[warm.index("--sizes") + 1:warm.index("--lrs")] = ["1x16", "--tokens", "512"]
+    assert cli(*warm)[0] == 0  # tokenize once, before two processes race for the cache
+    out = tmp_path / "shared"
+    a, b = _sweep_process(out, tmp_path / "cache"), _sweep_process(out, tmp_path / "cache")
+    logs = [p.communicate(timeout=600) for p in (a, b)]
+    assert a.returncode == 0 and b.returncode == 0, logs
+    trained = [line.split()[0] for o, _ in logs for line in o.splitlines() if "val loss" in line]
+    assert sorted(trained) == sorted(p.name for p in (out / "runs").iterdir()) and len(trained) == 6
+    assert all(len([o for o, _ in logs if name in o]) == 1 for name in trained)  # each run trained by one of them
+    assert len(points_lib.read_csv(out).finals()) == 6
+
+    killed = tmp_path / "killed"
+    p = _sweep_process(killed, tmp_path / "cache")
+    deadline = time.time() + 300
+    while not list(killed.glob("runs/*/checkpoints/last")) and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    first = next(killed.glob("runs/*/checkpoints/last")).parent.parent.name
+    code, stdout, err = cli(*_long_sweep(killed, tmp_path / "cache"))
+    assert code == 0, err
+    assert f"{first}" in stdout and "resumed" in stdout.split(first)[1].splitlines()[0]
+    assert len(points_lib.read_csv(killed).finals()) == 6
+
+
+def test_a_best_rate_at_the_edge_of_the_grid_extends_the_search(tmp_path):
+    out = tmp_path / "sweep"
+    args = sweep_args(out, tmp_path / "cache")
+    args[args.index("--sizes") + 1:args.index("--tokens")] = ["1x16"]
+    args[args.index("--tokens") + 1:args.index("--lrs")] = ["3000"]
+    args[args.index("--lrs") + 1:args.index("--out")] = ["1e-4", "3e-4"]  # far too low for 6 steps: the top wins
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    meta = json.loads((out / "sweep.json").read_text())
+    tried = meta["lr_search"]["L1-C16"]
+    assert list(tried) == ["0.0001", "0.0003", "0.0006", "0.0012"]  # doubled twice past the edge, then stops
+    assert all(math.isfinite(v) for v in tried.values()) and tried["0.0012"] < tried["0.0003"]
+    assert meta["lr_choice"]["L1-C16"] == pytest.approx(1.2e-3)

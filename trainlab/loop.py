@@ -36,15 +36,15 @@ def autocast_for(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-# Dense bf16 peak FLOP/s from the vendors' data sheets, for MFU; other devices need loop.peak_flops.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12}
-
-
 def known_peak_flops(device: torch.device) -> float:
+    """Dense peak FLOP/s of a known GPU, from the vendors' data sheets (trainlab.scaling.accelerators), for MFU;
+    other devices need loop.peak_flops."""
     if device.type != "cuda":
         return 0.0
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), 0.0)
+    from trainlab.scaling.accelerators import for_device
+
+    chip = for_device(torch.cuda.get_device_name(device))
+    return chip.flops if chip else 0.0
 
 
 def seed_everything(seed: int) -> None:

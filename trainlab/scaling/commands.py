@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from trainlab.errors import UserError
@@ -27,6 +28,8 @@ def add_parser(sub) -> None:
                    help="training FLOPs per run, C = 6 N D: an IsoFLOP grid, each size trains C / (6 N) tokens")
     w.add_argument("--lrs", nargs="+", default=[], metavar="LR",
                    help="learning rates searched per size (default: the recipe's optim.lr x 0.5, 1, 2)")
+    w.add_argument("--tokens-per-param", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="train only the cells with LO <= D / N <= HI (an IsoFLOP band around the optimum)")
     w.add_argument("--out", required=True, metavar="DIR", help="the sweep folder (continued when it exists)")
     w.add_argument("--verbose", action="store_true", help="show every run's progress")
 
@@ -59,10 +62,17 @@ def command(args) -> None:
 def sweep_command(args) -> None:
     from trainlab.scaling.sweep import Sweep
 
-    sw = Sweep(args.out, args.recipe, args.overrides, args.sizes, args.tokens or [], args.flops or [], args.lrs)
+    sw = Sweep(args.out, args.recipe, args.overrides, args.sizes, args.tokens or [], args.flops or [], args.lrs,
+               args.tokens_per_param)
     n = len(sw.jobs())
-    print(f"sweep of {args.recipe}: {len(sw.sizes)} sizes x {len(sw.budgets)} {sw.budget_kind} budgets, "
-          f"{len(sw.lrs)} learning rates searched per size: {n} runs in {args.out}", flush=True)
+    if len(sw.sizes) < 3 or len(sw.budgets) < 2:
+        # The runs are still worth training (they are ordinary runs), but say now what they cannot answer.
+        print(f"warning: {len(sw.sizes)} size(s) and {len(sw.budgets)} budget(s): L(N, D) needs 2 or more of each, "
+              "Kaplan's L(N) and the IsoFLOP profiles 3 or more sizes; add --sizes or budgets to fit the laws",
+              file=sys.stderr, flush=True)
+    print(f"sweep of {args.recipe}: {len(sw.sizes)} sizes x {len(sw.budgets)} {sw.budget_kind} budgets"
+          f"{' in the band of tokens per parameter' if args.tokens_per_param else ''}, {len(sw.lrs)} learning "
+          f"rates searched per size: {n} runs in {args.out}", flush=True)
     sw.run(quiet=not args.verbose)
     from trainlab import distributed
 
@@ -74,7 +84,10 @@ def sweep_command(args) -> None:
 def _count(text: str, option: str) -> float:
     from trainlab.scaling.sweep import parse_number
 
-    return parse_number(text, option)
+    try:
+        return parse_number(text, option)
+    except UserError as e:
+        raise UserError(e.message, "e.g. --predict 1M 20M (N parameters, D tokens)") from None
 
 
 def fit_command(args) -> None:

@@ -36,17 +36,20 @@ def write_corpus(path: str | Path, problems: int, max_digits: int, seed: int = 0
     return seen
 
 
-def held_out(n: int, digits: int, exclude: set[tuple[int, int]], seed: int = 1) -> list[tuple[int, int]]:
-    """n problems of `digits`-digit operands that are not in `exclude` (as many as exist when fewer)."""
+def held_out(n: int, digits: int, exclude: set[tuple[int, int]], seed: int = 1) -> tuple[list[tuple[int, int]], bool]:
+    """n problems of `digits`-digit operands, none of them in `exclude`, and True; where fewer than 2n such
+    problems exist (1 digit: 100 problems in all, likely all in a large corpus), n problems of any kind and
+    False: short sums can only be scored on problems the model may have seen."""
     rng = random.Random(seed * 1000 + digits)
-    out, tried = {}, 0
-    limit = (10 if digits == 1 else 9 * 10 ** (digits - 1)) ** 2
-    while len(out) < n and tried < 50 * n and len(out) + len(exclude) < limit:
+    space = (10 if digits == 1 else 9 * 10 ** (digits - 1)) ** 2
+    seen = sum(len(str(a)) == digits for a, _ in exclude)  # operands of one problem have one length
+    fresh = space - seen >= 2 * n
+    out: dict[tuple[int, int], None] = {}
+    while len(out) < min(n, space):
         p = problem(rng, digits)
-        tried += 1
-        if p not in exclude:
+        if not fresh or p not in exclude:
             out[p] = None
-    return list(out)
+    return list(out), fresh
 
 
 def digit_score(answer: str, target: str) -> float:

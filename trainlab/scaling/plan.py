@@ -12,56 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from trainlab.errors import UserError
+from trainlab.scaling.accelerators import ACCELERATORS, accelerator  # noqa: F401 (plan.accelerator)
 from trainlab.scaling.law import PUBLISHED, Law
 
 DEFAULT_MFU = 0.4  # large dense transformers sustain roughly 0.3-0.5 of peak in bf16 (PaLM reports 0.46)
-
-
-@dataclass(frozen=True)
-class Accelerator:
-    name: str
-    flops: float  # peak FLOP/s of one chip at `precision`, dense: the vendors' 2:4-sparsity figures are twice this
-    precision: str
-    source: str
-
-
-# Peak dense FLOP/s per chip, from the vendors' datasheets. Where a sheet prints only the sparse figure
-# (marked with an asterisk "with sparsity"), the dense one is half of it, and the precision says so.
-ACCELERATORS = {a.name: a for a in (
-    Accelerator("v100", 125e12, "fp16 tensor core, SXM2", "NVIDIA Tesla V100 datasheet"),
-    Accelerator("t4", 65e12, "fp16 tensor core (mixed precision)", "NVIDIA T4 datasheet"),
-    Accelerator("a10", 125e12, "bf16 tensor core (250 with sparsity)", "NVIDIA A10 datasheet"),
-    Accelerator("a100", 312e12, "bf16 tensor core (624 with sparsity)", "NVIDIA A100 datasheet"),
-    Accelerator("l4", 121e12, "bf16 tensor core (242 with sparsity)", "NVIDIA L4 datasheet"),
-    Accelerator("rtx-4090", 165.2e12, "bf16 tensor core, fp32 accumulate (330.4 with sparsity)",
-                "NVIDIA Ada Lovelace architecture whitepaper"),
-    Accelerator("h100", 989e12, "bf16 tensor core, SXM (1979 with sparsity)", "NVIDIA H100 datasheet"),
-    Accelerator("h100-pcie", 756e12, "bf16 tensor core, PCIe (1513 with sparsity)", "NVIDIA H100 datasheet"),
-    Accelerator("h200", 989e12, "bf16 tensor core, SXM (1979 with sparsity)", "NVIDIA H200 datasheet"),
-    Accelerator("mi250x", 383e12, "bf16 matrix", "AMD Instinct MI250X datasheet"),
-    Accelerator("mi300x", 1307e12, "bf16 matrix (2615 with sparsity)", "AMD Instinct MI300X datasheet"),
-    Accelerator("tpu-v4", 275e12, "bf16, per chip", "Google Cloud TPU v4 documentation"),
-    Accelerator("tpu-v5e", 197e12, "bf16, per chip", "Google Cloud TPU v5e documentation"),
-    Accelerator("tpu-v5p", 459e12, "bf16, per chip", "Google Cloud TPU v5p documentation"),
-)}
-
-
-def _key(name: str) -> str:
-    """'RTX 4090', 'rtx4090' and 'rtx-4090' are one accelerator."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def accelerator(name: str) -> Accelerator:
-    found = {_key(a.name): a for a in ACCELERATORS.values()}.get(_key(name))
-    if found is None:
-        raise UserError(f"--gpu expects one of {', '.join(ACCELERATORS)}; got {name!r}",
-                        "for another accelerator give its dense peak FLOP/s at your precision: --peak-flops 300e12")
-    return found
 
 
 def load_law(spec: str | Law) -> Law:

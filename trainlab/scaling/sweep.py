@@ -28,6 +28,7 @@ from pathlib import Path
 from trainlab.errors import UserError
 
 SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12}
+EXTEND = 2  # how many times a size's learning-rate search may double (halve) past the edge of --lrs
 
 
 def parse_number(text: str, option: str) -> float:
@@ -88,7 +89,7 @@ def shape_for(model_cfg, target: float, aspect: float = 32.0) -> Size:
                 continue
             n_head = n_embd // head
             size = Size(n_layer, n_embd, n_head, count_params(model_cfg, n_layer, n_embd, n_head))
-            score = abs(math.log(size.params / target)) + 0.1 * abs(math.log(n_embd / n_layer / aspect))
+            score = abs(math.log(size.params / target)) + 0.3 * abs(math.log(n_embd / n_layer / aspect))
             if best is None or score < best[0]:
                 best = (score, size)
     if best is None:
@@ -123,7 +124,8 @@ class Job:
 
 class Sweep:
     def __init__(self, out: str | Path, recipe: str, overrides: list[str], sizes: list[str],
-                 tokens: list[str] = (), flops: list[str] = (), lrs: list[str] = ()):
+                 tokens: list[str] = (), flops: list[str] = (), lrs: list[str] = (),
+                 tokens_per_param: tuple[float, float] | None = None):
         from trainlab import config
 
         self.out = Path(out)
@@ -139,6 +141,15 @@ class Sweep:
         self.budget_kind = "tokens" if tokens else "flops"
         self.budgets = sorted({parse_number(b, "--" + self.budget_kind) for b in (tokens or flops)})
         self.lrs = sorted({parse_number(x, "--lrs") for x in lrs}) or [self.cfg.optim.lr * f for f in (0.5, 1, 2)]
+        # An IsoFLOP grid is a band around the optimum: the cells far off it (a tiny model on a huge budget) cost
+        # the most and say the least; --tokens-per-param LO HI keeps the cells with LO <= D / N <= HI.
+        self.band = tuple(tokens_per_param) if tokens_per_param else (0.0, math.inf)
+        if not (0 <= self.band[0] < self.band[1]):
+            raise UserError(f"--tokens-per-param expects LO < HI, both >= 0; got {self.band[0]:g} {self.band[1]:g}",
+                            "e.g. --tokens-per-param 3 300")
+        if not self.grid():
+            raise UserError(f"no (size, budget) of the grid has between {self.band[0]:g} and {self.band[1]:g} tokens "
+                            "per parameter", "widen --tokens-per-param, or change --sizes or the budgets")
         d = self.cfg.data
         # data.batch_size x loop.grad_accum is the global batch, however many processes share it
         self.tokens_per_step = d.batch_size * d.block_size * self.cfg.loop.grad_accum
@@ -147,14 +158,50 @@ class Sweep:
     def tokens_for(self, size: Size, budget: float) -> float:
         return budget if self.budget_kind == "tokens" else budget / (6 * size.params)  # C = 6 N D
 
-    def jobs(self) -> list[Job]:
-        """Every run, smallest compute first: the learning-rate searches come before the runs that need them."""
+    def grid(self) -> list[tuple[Size, list[float]]]:
+        """(size, its token budgets inside the band, smallest first) for every size with one or more."""
         out = []
         for size in self.sizes:
-            ds = [self.tokens_for(size, b) for b in self.budgets]
-            out += [Job(size, ds[0], lr, True) for lr in self.lrs]
-            out += [Job(size, d, math.nan, False) for d in ds[1:]]
+            ds = sorted(d for d in (self.tokens_for(size, b) for b in self.budgets)
+                        if self.band[0] <= d / size.params <= self.band[1])
+            if ds:
+                out.append((size, ds))
+        return out
+
+    def jobs(self) -> list[Job]:
+        """The runs known now, smallest compute first: each size's search over the rates tried so far, and its
+        other budgets at the chosen rate (NaN while the search goes on)."""
+        choice = self.lr_choice()
+        out = []
+        for size, ds in self.grid():
+            out += [Job(size, ds[0], lr, True) for lr in self.search_rates(size, ds[0])[0]]
+            lr = choice.get(size.name)
+            out += [Job(size, d, lr if lr is not None else math.nan, False) for d in ds[1:]]
         return sorted(out, key=lambda j: (6 * j.size.params * j.tokens, j.size.params, j.lr))
+
+    def search_rates(self, size: Size, tokens: float) -> tuple[list[float], bool]:
+        """The rates this size's search has tried or must try next, and whether the search is over. It starts
+        with --lrs; while the best finished rate is the highest (lowest) tried, it tries twice (half) that, up
+        to EXTEND times each way: a best rate at the edge of the grid is a bound, not an optimum. One rate given
+        is no search: that rate."""
+        rates = list(self.lrs)
+        for _ in range(2 * EXTEND + 1):
+            results = []
+            for lr in rates:
+                r = self.result(Job(size, tokens, lr, True))
+                results.append(None if r is None else self.loss_of(r))
+            if any(r is None for r in results):
+                return rates, False
+            best = rates[min(range(len(rates)), key=lambda i: results[i])]
+            if len(self.lrs) < 2 or not math.isfinite(min(results)):  # no search, or every rate diverged
+                return rates, True
+            if best == max(rates) and best < self.lrs[-1] * 2**EXTEND * 0.9999:
+                rates.append(best * 2)
+            elif best == min(rates) and best > self.lrs[0] / 2**EXTEND * 1.0001:
+                rates.insert(0, best / 2)
+            else:
+                return rates, True
+        return rates, True
 
     def steps_for(self, tokens: float) -> int:
         return max(1, round(tokens / self.tokens_per_step))
@@ -191,82 +238,101 @@ class Sweep:
         from trainlab import runs
 
         meta = {"recipe": self.recipe, "overrides": self.overrides, "budget_kind": self.budget_kind,
-                "budgets": self.budgets, "lrs": self.lrs, "tokens_per_step": self.tokens_per_step,
-                "sizes": [{**asdict(s), "name": s.name} for s in self.sizes], "lr_choice": self.lr_choice()}
+                "budgets": self.budgets, "lrs": self.lrs, "tokens_per_param": list(self.band) if math.isfinite(self.band[1]) else None, "tokens_per_step": self.tokens_per_step,
+                "sizes": [{**asdict(s), "name": s.name} for s in self.sizes], "lr_choice": self.lr_choice(),
+                "lr_search": self.search_table()}
         self.out.mkdir(parents=True, exist_ok=True)
         runs.write_text(self.out / "sweep.json", json.dumps(meta, indent=2) + "\n")
 
     def result(self, job: Job) -> dict | None:
-        """The finished run's summary, or None (not run, interrupted, or failed)."""
-        p = self.run_dir(job) / "summary.json"
+        """The summary of a run that ended: completed, stopped early, or failed (diverged); else None."""
         try:
-            s = json.loads(p.read_text())
+            s = json.loads((self.run_dir(job) / "summary.json").read_text())
         except (OSError, ValueError):
             return None
-        return s if s.get("status") in ("completed", "early_stopped") else None
+        return s if s.get("status") in ("completed", "early_stopped", "failed") else None
 
-    def lr_choice(self) -> dict[str, float]:
-        """Size name -> the searched rate with the lowest final validation loss (sizes whose search is done)."""
+    @staticmethod
+    def loss_of(summary: dict | None) -> float:
+        """A finished run's final validation loss; a diverged (or missing) run's is infinite."""
+        if not summary or summary.get("status") == "failed":
+            return math.inf
+        return summary["metrics"]["val"]["loss"]
+
+    def lr_choice(self) -> dict[str, float | None]:
+        """Size name -> the searched rate with the lowest final validation loss, for the sizes whose search is
+        over; None when every rate diverged (the size is left out)."""
         out = {}
-        for size in self.sizes:
-            tried = [Job(size, self.tokens_for(size, self.budgets[0]), lr, True) for lr in self.lrs]
-            found = [(self.result(j), j.lr) for j in tried]
-            if all(r is not None for r, _ in found):
-                out[size.name] = min(found, key=lambda t: t[0]["metrics"]["val"]["loss"])[1]
+        for size, ds in self.grid():
+            rates, done = self.search_rates(size, ds[0])
+            if done:
+                loss, lr = min((self.loss_of(self.result(Job(size, ds[0], lr, True))), lr) for lr in rates)
+                out[size.name] = lr if math.isfinite(loss) else None
         return out
+
+    def search_table(self) -> dict[str, dict[str, float | None]]:
+        """Size name -> {rate: final validation loss (None: not finished; inf: diverged)} for sweep.json."""
+        table = {}
+        for size, ds in self.grid():
+            table[size.name] = {f"{lr:g}": (self.loss_of(r) if (r := self.result(Job(size, ds[0], lr, True)))
+                                            else None) for lr in self.search_rates(size, ds[0])[0]}
+        return table
 
     # ------------------------------------------------------------------ running
     def run(self, quiet: bool = True, wait_s: float = 5.0) -> None:
-        """Train every pending run (skipping finished ones, resuming interrupted ones)."""
-        from trainlab import api, config, distributed, runs
+        """Train every pending run (skipping finished ones, resuming interrupted ones) until the grid is done:
+        the jobs are recomputed after every run, since a search's results decide what comes next."""
+        from trainlab import distributed, runs
 
         self.check_folder()
         if distributed.rank() == 0:
             self.write_meta()
         parallel = not distributed.launched()  # independent processes share the grid through the run locks
-        pending = self.jobs()
-        while pending:
-            waiting, progressed = [], False
-            for job in pending:
-                if not job.search:
-                    lr = self.lr_choice().get(job.size.name)
-                    if lr is None:  # the size's search is still running (here or in another process)
-                        waiting.append(job)
-                        continue
-                    job = Job(job.size, job.tokens, lr, False)
-                if self.result(job) is not None:
-                    progressed = True
-                    continue
+        while True:
+            jobs = [j for j in self.jobs() if not (math.isnan(j.lr) or self.result(j) is not None)]
+            if not jobs and all(s.name in self.lr_choice() for s, _ in self.grid()):
+                break
+            trained = False
+            for job in jobs:
                 d = self.run_dir(job)
                 if parallel:
                     try:
                         runs.lock(d)  # claim it; another process training it keeps its lock
                     except UserError:
-                        waiting.append(job)
                         continue
                     if self.result(job) is not None:  # finished between the check and the claim
                         runs.unlock(d)
-                        progressed = True
                         continue
-                cfg = config.load_recipe(self.recipe, self.overrides + self.overrides_for(job))
-                resume = (d / "config.toml").is_file()
-                t0 = time.time()
-                sink = io.StringIO()
-                with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
-                    try:
-                        s = api.train(cfg, run_dir=d, resume=resume)
-                    finally:
-                        runs.unlock(d)
-                if distributed.rank() == 0:
-                    print(f"{job.name():<32} N={job.size.params:>10,}  D={s['steps'] * self.tokens_per_step:>12,}  "
-                          f"val loss {s['metrics']['val']['loss']:.4f}  ({time.time() - t0:.0f} s"
-                          f"{', resumed' if resume else ''})", flush=True)
-                progressed = True
+                self.train(job, d, quiet)
+                trained = True
+                break  # what to run next may have changed
             if distributed.rank() == 0:
                 self.write_meta()
-            if waiting and not progressed:
+            if not trained:
                 time.sleep(wait_s)  # another process holds what is left: wait for it
-            pending = waiting
+
+    def train(self, job: Job, d: Path, quiet: bool) -> None:
+        from trainlab import api, config, distributed, runs
+
+        cfg = config.load_recipe(self.recipe, self.overrides + self.overrides_for(job))
+        resume = (d / "config.toml").is_file()
+        t0 = time.time()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+                s = api.train(cfg, run_dir=d, resume=resume)
+        except UserError as e:
+            s = self.result(job)
+            if s is None or s.get("status") != "failed":
+                raise
+            if distributed.rank() == 0:  # a diverged rate is an answer of the search, not the end of the sweep
+                print(f"{job.name():<32} diverged: {e.message}", flush=True)
+            return
+        finally:
+            runs.unlock(d)
+        if distributed.rank() == 0:
+            print(f"{job.name():<32} N={job.size.params:>10,}  D={s['steps'] * self.tokens_per_step:>12,}  "
+                  f"val loss {s['metrics']['val']['loss']:.4f}  ({time.time() - t0:.0f} s"
+                  f"{', resumed' if resume else ''})", flush=True)
 
     # ------------------------------------------------------------------ results
     def collect(self) -> Path:
@@ -279,7 +345,7 @@ class Sweep:
                 continue
             job = Job(job.size, job.tokens, lr, job.search)
             s = self.result(job)
-            if s is not None:
+            if s is not None and math.isfinite(self.loss_of(s)):
                 rows += self.points_of(job, s)
         out = self.out / "points.csv"
         cols = ["run", "n_layer", "n_embd", "params", "params_total", "tokens", "flops", "flops_model", "loss",
