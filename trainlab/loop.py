@@ -44,7 +44,7 @@ def known_peak_flops(device: torch.device) -> float:
     from trainlab.scaling.accelerators import for_device
 
     chip = for_device(torch.cuda.get_device_name(device))
-    return chip.flops if chip else 0.0
+    return chip.flops if chip and chip.precision.startswith("bf16") else 0.0  # the loop autocasts to bf16
 
 
 def seed_everything(seed: int) -> None:

@@ -174,8 +174,9 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write through a temporary file and rename, so a reader never sees half a file. The temporary name is
+    the process's own: two processes writing one file (a shared sweep) each rename a whole file of their own."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
     except OSError as e:

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 
     f = ss.add_parser("fit", help="fit scaling laws to a CSV of points or a sweep folder",
                       description="Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al.'s approach 3, Huber on "
-                      "log loss, L-BFGS from a grid of starts) and, when the points allow, approaches 1 and 2 and "
+                      "log loss, BFGS from Epoch AI's grid of starts) and, when the points allow, approaches 1 and 2 and "
                       "Kaplan's power laws. The CSV needs columns for parameters, loss, and tokens or FLOPs "
                       "(params,tokens,loss; or Epoch AI's 'Model Size','Training FLOP','loss').")
     f.add_argument("points", help="a CSV file, or a sweep folder (its points.csv)")

@@ -1,8 +1,9 @@
 """Fitting scaling laws to points: Kaplan et al.'s power laws, and Hoffmann et al.'s three approaches.
 
 - `parametric`: approach 3, L(N, D) = E + A/N^alpha + B/D^beta, fitted as Hoffmann et al. and Epoch AI did:
-  Huber loss (delta 1e-3) between the log of the predicted and the observed loss, L-BFGS from a grid of starts,
-  the best converged fit; standard errors from a bootstrap over the points.
+  Huber loss (delta 1e-3) between the log of the predicted and the observed loss, minimized from a grid of
+  starts (they used L-BFGS; here BFGS, which for 5 parameters keeps the whole inverse Hessian), the best
+  converged fit; standard errors from a bootstrap over the points.
 - `frontier_fit`: approach 1, the lowest loss reached at each compute level over every run's training curve,
   and the size that reached it: N_opt ~ C^a, D_opt ~ C^b.
 - `isoflop_fit`: approach 2, a parabola in log N through the final losses of the runs with one compute budget;
@@ -109,7 +110,7 @@ def _minimize(starts: np.ndarray, args, max_iter: int = 1000, ftol: float = 1e-7
 
 def _law(theta: np.ndarray, source: str, se: dict | None = None) -> Law:
     a, b, e, alpha, beta = (float(v) for v in theta)
-    return Law(math.exp(e), math.exp(a), math.exp(b), alpha, beta, source=source, se=se or {})
+    return Law(_exp(e), _exp(a), _exp(b), alpha, beta, source=source, se=se or {})
 
 
 def parametric(points: Points, delta: float = 1e-3, bootstrap: int = 0, seed: int = 0,
@@ -146,22 +147,34 @@ def parametric(points: Points, delta: float = 1e-3, bootstrap: int = 0, seed: in
             i = rng.integers(0, len(p), len(p))
             fb, xb, okb = _minimize(seeds, (args[0][i], args[1][i], args[2][i], delta))
             if okb.any():
-                fits.append(_law(xb[np.flatnonzero(okb)[np.argmin(fb[okb])]], ""))
+                t = xb[np.flatnonzero(okb)[np.argmin(fb[okb])]]
+                if _degenerate(t) is None and max(t[:3]) < 700:  # a resample that lost a term is not a fit
+                    fits.append(_law(t, ""))
         if len(fits) >= 2:
             se = {k: float(np.std([getattr(f, k) for f in fits], ddof=1)) for k in KEYS}
         info["bootstrap"] = {"resamples": bootstrap, "converged": len(fits)}
-    return _law(best, f"fit of {len(p)} points from {points.source or 'a sweep'}", se), info
+    return _law(best, f"fit of {len(p)} points from {points.source or 'a sweep'} (N: {points.params_are})", se), info
+
+
+def _degenerate(theta: np.ndarray) -> tuple[str, float, str] | None:
+    """A converged fit can still be degenerate: an exponent at zero means that term is a constant folded into E
+    (the points cannot separate them), a huge one means the term vanishes within the data."""
+    for name, v, what in (("alpha", theta[3], "size"), ("beta", theta[4], "tokens")):
+        if not 1e-3 < v < 5:
+            return name, float(v), what
+    return None
 
 
 def _check(theta: np.ndarray, p: Points) -> None:
-    """A converged fit can still be degenerate: an exponent at zero means that term is a constant folded into E
-    (the points cannot separate them), a huge one means the term vanishes within the data."""
-    a, b, e, alpha, beta = theta
-    for name, v, what in (("alpha", alpha, "size"), ("beta", beta, "tokens")):
-        if not 1e-3 < v < 5:
-            raise UserError(f"the fit is degenerate: {name} = {v:.3g}, so loss does not follow a power law in "
-                            f"{what} over these {len(p)} points",
-                            f"widen the range of {what} (at least 3 values, spread over a factor of 10 or more)")
+    bad = _degenerate(theta)
+    if bad:
+        name, v, what = bad
+        raise UserError(f"the fit is degenerate: {name} = {v:.3g}, so loss does not follow a power law in "
+                        f"{what} over these {len(p)} points",
+                        f"widen the range of {what} (at least 3 values, spread over a factor of 10 or more)")
+    if max(theta[:3]) >= 700:
+        raise UserError(f"the fit is degenerate: a constant of the law is past the float range over these {len(p)} "
+                        "points", "add points that span more sizes and token budgets")
 
 
 def _ols(x: np.ndarray, y: np.ndarray) -> dict:
@@ -180,13 +193,21 @@ def _ols(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 def _envelope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Indices of the points whose y is below that of every point with a smaller x (the frontier), by x."""
+    """Indices of the frontier, by x: at each distinct x its lowest y, kept when it is below the y of every
+    smaller x (one size's undertrained budgets are not points of L(N))."""
     keep, best = [], math.inf
-    for i in np.argsort(x, kind="stable"):
+    for v in np.unique(x):
+        at = np.flatnonzero(x == v)
+        i = at[np.argmin(y[at])]
         if y[i] < best:
             keep.append(i)
             best = y[i]
     return np.array(keep, int)
+
+
+def _exp(v: float) -> float:
+    """exp(v), infinity past the float range (printed as null in JSON), never an OverflowError."""
+    return math.exp(v) if v < 709 else math.inf
 
 
 def power_laws(points: Points) -> dict:
@@ -203,7 +224,7 @@ def power_laws(points: Points) -> dict:
         f = _ols(np.log(x[i]), np.log(y[i]))
         alpha = -f["slope"]  # log L = alpha log X_c - alpha log X
         out[name] = {"alpha": alpha, "ci95": sorted([-f["ci95"][0], -f["ci95"][1]]),
-                     "x_c": float(math.exp(f["intercept"] / alpha)) if alpha > 0 else math.nan,
+                     "x_c": _exp(f["intercept"] / alpha) if alpha > 0 else math.nan,
                      "r2": f["r2"], "points": f["points"]}
     return out
 
@@ -216,7 +237,7 @@ def _exponents(c: np.ndarray, n: np.ndarray) -> dict:
 
 
 def frontier_fit(points: Points, levels: int = 12) -> dict:
-    """Approach 1: at each of `levels` compute budgets (log-spaced over the range every curve shares with another),
+    """Approach 1: at each of `levels` compute budgets (log-spaced over the range where 2 or more curves overlap),
     the run whose training curve is lowest there; the fit of its N against C."""
     runs = sorted(set(points.run))
     if len(runs) < 2 or not all(runs):
@@ -226,8 +247,12 @@ def frontier_fit(points: Points, levels: int = 12) -> dict:
         sel = np.array([x == r for x in points.run])
         order = np.argsort(points.flops[sel])
         curves[r] = (np.log(points.flops[sel][order]), np.log(points.loss[sel][order]), points.params[sel][0])
-    lo = min(c[0][0] for c in curves.values())
-    hi = max(c[0][-1] for c in curves.values())
+    # Levels where 2 or more curves overlap: at the ends of the range one lone curve would win by default.
+    starts = sorted(c[0][0] for c in curves.values())
+    ends = sorted((c[0][-1] for c in curves.values()), reverse=True)
+    lo, hi = starts[1], ends[1]
+    if not lo < hi:
+        return {"skipped": "no two training curves share a range of compute"}
     table = []
     for logc in np.linspace(lo, hi, levels):
         best = min(((np.interp(logc, xs, ys), n) for xs, ys, n in curves.values() if xs[0] <= logc <= xs[-1]),
@@ -274,17 +299,18 @@ def isoflop_fit(points: Points) -> dict:
             notes.append(f"the profile at {c:.2g} FLOPs is not convex (no minimum)")
             continue
         x_opt = -k1 / (2 * k2)
-        inside = x.min() <= x_opt <= x.max()
-        profiles.append({"flops": c, "params_opt": float(math.exp(x_opt)), "loss_opt": float(k0 - k1**2 / (4 * k2)),
+        inside = bool(x.min() <= x_opt <= x.max())
+        profiles.append({"flops": c, "params_opt": _exp(x_opt), "loss_opt": float(k0 - k1**2 / (4 * k2)),
                          "inside": bool(inside), "sizes": [float(v) for v in p.params[g]],
                          "losses": [float(v) for v in y], "parabola": [float(k2), float(k1), float(k0)]})
         if not inside:
-            notes.append(f"the profile at {c:.2g} FLOPs has its minimum outside the sizes trained (extrapolated)")
-    if len(profiles) < 2:
-        return {"skipped": f"needs 2 or more IsoFLOP profiles with 3 sizes each; got {len(profiles)}",
-                "profiles": profiles, "notes": notes}
-    c = np.array([q["flops"] for q in profiles])
-    n = np.array([q["params_opt"] for q in profiles])
+            notes.append(f"the profile at {c:.2g} FLOPs has its minimum outside the sizes trained: left out")
+    used = [q for q in profiles if q["inside"]]
+    if len(used) < 2:
+        return {"skipped": f"needs 2 or more IsoFLOP profiles with 3 sizes each and their minimum among them; "
+                           f"got {len(used)}", "profiles": profiles, "notes": notes}
+    c = np.array([q["flops"] for q in used])
+    n = np.array([q["params_opt"] for q in used])
     return {**_exponents(c, n), "profiles": profiles, "notes": notes}
 
 

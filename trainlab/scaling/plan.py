@@ -63,7 +63,10 @@ def iso_loss_tokens(law: Law, loss: float, n: float) -> float:
     """The D with law.loss(n, D) = loss: D = (B / (L - E - A/N^alpha))^(1/beta), or inf where N alone cannot
     get there (L - E - A/N^alpha <= 0)."""
     gap = loss - law.E - law.A / n**law.alpha
-    return (law.B / gap) ** (1 / law.beta) if gap > 0 else math.inf
+    if not gap > 0:
+        return math.inf
+    log_d = (math.log(law.B) - math.log(gap)) / law.beta
+    return math.exp(log_d) if log_d < 709 else math.inf  # never an OverflowError
 
 
 def inference_optimal(law: Law, loss: float, inference_tokens: float) -> tuple[float, float]:
@@ -138,6 +141,9 @@ def plan(flops: float | None = None, *, params: float | None = None, tokens: flo
         raise UserError("plan needs a budget or a model; got neither",
                         "give --flops C, or --gpu NAME --gpus K --hours H, or --params N --tokens D")
     (given_as, c), = budgets.items()
+    if not math.isfinite(c):
+        raise UserError(f"the budget from {given_as} is {c} FLOPs: past the range of a float",
+                        "give smaller numbers")
     if n is None and d is None:
         n, d = law.optimal(c)  # Hoffmann et al. 2022, eq. 4
     elif d is None:

@@ -36,6 +36,8 @@ class Points:
     final: np.ndarray
     run: list[str]
     source: str = ""
+    params_are: str = "parameters"  # what N counts: "non-embedding parameters" in a sweep's points.csv
+
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -43,7 +45,7 @@ class Points:
     def select(self, keep: np.ndarray) -> "Points":
         keep = np.asarray(keep, bool)
         return Points(self.params[keep], self.tokens[keep], self.flops[keep], self.loss[keep], self.final[keep],
-                      [r for r, k in zip(self.run, keep) if k], self.source)
+                      [r for r, k in zip(self.run, keep) if k], self.source, self.params_are)
 
     def finals(self) -> "Points":
         return self.select(self.final)
@@ -96,4 +98,7 @@ def read_csv(path: str | Path) -> Points:
     c = np.array(values["flops"]) if "flops" in values else 6 * n * d
     final = np.array([(row.get("final") or "1").strip() not in ("0", "false", "False") for row in rows])
     run = [(row.get("run") or "").strip() for row in rows]
-    return Points(n, d, c, np.array(values["loss"]), final, run, source=str(path))
+    # A sweep's points.csv counts non-embedding parameters (Kaplan's N) beside the total (params_total).
+    are = "non-embedding parameters" if "paramstotal" in header and col["params"] == header.get("params") \
+        else f"column '{col['params']}'"
+    return Points(n, d, c, np.array(values["loss"]), final, run, source=str(path), params_are=are)

@@ -21,6 +21,7 @@ import io
 import json
 import math
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,6 +154,8 @@ class Sweep:
         d = self.cfg.data
         # data.batch_size x loop.grad_accum is the global batch, however many processes share it
         self.tokens_per_step = d.batch_size * d.block_size * self.cfg.loop.grad_accum
+        self.check_names()
+        self.check_folder()
 
     # ------------------------------------------------------------------ the grid
     def tokens_for(self, size: Size, budget: float) -> float:
@@ -217,28 +220,48 @@ class Sweep:
         return [f"model.n_layer={s.n_layer}", f"model.n_embd={s.n_embd}", f"model.n_head={s.n_head}",
                 f"optim.lr={job.lr!r}", f"loop.steps={steps}", "loop.epochs=1", "loop.max_steps=0",
                 f"schedule.warmup_steps={warmup}", f"loop.eval_every={every}", f"loop.log_every={every}",
-                "loop.patience=0", f"run.name={job.name()}"]
+                "loop.patience=0", "loop.restore_best=false", f"run.name={job.name()}"]
 
     # ------------------------------------------------------------------ state on disk
     def check_folder(self) -> None:
-        """One sweep folder holds one recipe: a second invocation may add sizes and budgets, not change the data."""
+        """One sweep folder holds one recipe. A second invocation may add sizes and budgets (of the same kind):
+        the grid becomes the union of the two, so points.csv keeps the earlier sizes."""
         meta = self.out / "sweep.json"
-        if meta.is_file():
-            try:
-                old = json.loads(meta.read_text())
-            except (OSError, ValueError):
-                raise UserError(f"{meta} is damaged (not JSON)", "delete it; the runs are kept and reread") from None
-            same = old.get("recipe") == self.recipe and old.get("overrides") == self.overrides
-            if not same:
-                raise UserError(f"{self.out} is a sweep of {old.get('recipe')} {' '.join(old.get('overrides', []))}"
-                                f"; this one is {self.recipe} {' '.join(self.overrides)}",
-                                "give another --out, or the same recipe and overrides to continue that sweep")
+        if not meta.is_file():
+            return
+        try:
+            old = json.loads(meta.read_text())
+            old_sizes = [Size(x["n_layer"], x["n_embd"], x["n_head"], x["params"]) for x in old.get("sizes", [])]
+            old_budgets = [float(b) for b in old.get("budgets", [])]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{meta} is damaged (not the JSON a sweep writes)",
+                            "delete it and run the sweep again: finished runs are kept and reread") from None
+        if old.get("recipe") != self.recipe or old.get("overrides") != self.overrides:
+            raise UserError(f"{self.out} is a sweep of {old.get('recipe')} {' '.join(old.get('overrides', []))}"
+                            f"; this one is {self.recipe} {' '.join(self.overrides)}",
+                            "give another --out, or the same recipe and overrides to continue that sweep")
+        if old.get("budget_kind") != self.budget_kind:
+            raise UserError(f"{self.out} is a sweep over --{old.get('budget_kind')}; this one gives "
+                            f"--{self.budget_kind}", f"continue it with --{old.get('budget_kind')}, or give another --out")
+        self.sizes = sorted(set(self.sizes) | set(old_sizes), key=lambda z: z.params)
+        self.budgets = sorted(set(self.budgets) | set(old_budgets))
+        self.check_names()
+
+    def check_names(self) -> None:
+        """Run folders are named with 3 significant digits: two budgets or rates that round alike are refused."""
+        for size, ds in self.grid():
+            for what, values in (("budgets", ds), ("learning rates", self.lrs)):
+                names = [f"{v:.3g}" for v in values]
+                if len(set(names)) < len(names):
+                    raise UserError(f"two {what} of size {size.name} round to the same run name "
+                                    f"({', '.join(names)}: 3 significant digits)", f"drop one of the close {what}")
 
     def write_meta(self) -> None:
         from trainlab import runs
 
         meta = {"recipe": self.recipe, "overrides": self.overrides, "budget_kind": self.budget_kind,
-                "budgets": self.budgets, "lrs": self.lrs, "tokens_per_param": list(self.band) if math.isfinite(self.band[1]) else None, "tokens_per_step": self.tokens_per_step,
+                "budgets": self.budgets, "lrs": self.lrs, "tokens_per_step": self.tokens_per_step,
+                "tokens_per_param": list(self.band) if math.isfinite(self.band[1]) else None,
                 "sizes": [{**asdict(s), "name": s.name} for s in self.sizes], "lr_choice": self.lr_choice(),
                 "lr_search": self.search_table()}
         self.out.mkdir(parents=True, exist_ok=True)
@@ -271,11 +294,14 @@ class Sweep:
         return out
 
     def search_table(self) -> dict[str, dict[str, float | None]]:
-        """Size name -> {rate: final validation loss (None: not finished; inf: diverged)} for sweep.json."""
+        """Size name -> {rate: final validation loss, "diverged", or None (not finished)} for sweep.json."""
         table = {}
         for size, ds in self.grid():
-            table[size.name] = {f"{lr:g}": (self.loss_of(r) if (r := self.result(Job(size, ds[0], lr, True)))
-                                            else None) for lr in self.search_rates(size, ds[0])[0]}
+            row = {}
+            for lr in self.search_rates(size, ds[0])[0]:
+                r = self.result(Job(size, ds[0], lr, True))
+                row[f"{lr:g}"] = None if r is None else self.loss_of(r) if r.get("status") != "failed" else "diverged"
+            table[size.name] = row
         return table
 
     # ------------------------------------------------------------------ running
@@ -284,7 +310,6 @@ class Sweep:
         the jobs are recomputed after every run, since a search's results decide what comes next."""
         from trainlab import distributed, runs
 
-        self.check_folder()
         if distributed.rank() == 0:
             self.write_meta()
         parallel = not distributed.launched()  # independent processes share the grid through the run locks
@@ -315,13 +340,23 @@ class Sweep:
         from trainlab import api, config, distributed, runs
 
         cfg = config.load_recipe(self.recipe, self.overrides + self.overrides_for(job))
-        resume = (d / "config.toml").is_file()
+        resume = (d / "checkpoints" / "last").exists()
+        if not resume and d.is_dir() and distributed.rank() == 0:
+            # Killed before its first checkpoint: nothing to resume, so start it again in an emptied folder.
+            for p in d.iterdir():
+                if p.name != runs.LOCK:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         t0 = time.time()
         try:
             with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
                 s = api.train(cfg, run_dir=d, resume=resume)
         except UserError as e:
             s = self.result(job)
+            for _ in range(100):  # under torchrun, rank 0 may still be writing the failed run's summary
+                if s is not None or not distributed.launched():
+                    break
+                time.sleep(0.1)
+                s = self.result(job)
             if s is None or s.get("status") != "failed":
                 raise
             if distributed.rank() == 0:  # a diverged rate is an answer of the search, not the end of the sweep
