@@ -59,11 +59,17 @@ def test_a_synthetic_law_is_recovered_with_bootstrap_errors_that_cover_it(tmp_pa
     assert got.beta == pytest.approx(0.30, abs=0.01)
     assert info["bootstrap"]["resamples"] == 20 and info["bootstrap"]["converged"] >= 18
     assert 1e-3 < got.se["E"] < 0.1 and 1e-4 < got.se["alpha"] < 0.02 and 1e-4 < got.se["beta"] < 0.02
-    # noiseless: exact
+    # noiseless: exact; and the runs left out by --max-flops are predicted from the others
     f0 = synthetic(tmp_path / "p0.csv", true, np.geomspace(1e6, 1e9, 6), np.geomspace(1e8, 1e11, 6))
     exact, _ = fit.parametric(points_lib.read_csv(f0))
     for k in law_lib.KEYS:
         assert getattr(exact, k) == pytest.approx(getattr(true, k), rel=2e-3)
+    code, out, err = cli("scaling", "fit", str(f0), "--bootstrap", "0", "--max-flops", "1e19", "--json",
+                         "--predict", "1e9", "1e11")
+    got = json.loads(out)
+    assert code == 0 and got["fit"]["points"] == sum(6 * n * d <= 1e19 for n in np.geomspace(1e6, 1e9, 6)
+                                                     for d in np.geomspace(1e8, 1e11, 6))
+    assert got["predictions"][0]["loss"] == pytest.approx(true.loss(1e9, 1e11), rel=1e-3)
 
 
 def test_the_batched_objective_gradient_matches_finite_differences():
@@ -182,6 +188,7 @@ def sweep_args(out: Path, cache: Path, *extra: str) -> list[str]:
             *extra]
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_its_grid_once_and_fits(tmp_path):
     out = tmp_path / "sweep"
     code, stdout, err = cli(*sweep_args(out, tmp_path / "cache"))

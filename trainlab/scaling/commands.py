@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
                    help="leave out the K points of highest loss (Epoch AI's refit of Chinchilla dropped 5 outliers)")
     f.add_argument("--max-params", type=float, default=0, metavar="N",
                    help="fit only the points with at most N parameters (then predict larger ones with --predict)")
+    f.add_argument("--max-flops", type=float, default=0, metavar="C",
+                   help="fit only the points with at most C training FLOPs (6 N D): predict the larger runs")
     f.add_argument("--predict", nargs=2, action="append", default=[], metavar=("N", "D"),
                    help="print the fitted law's loss for N parameters trained on D tokens (repeatable)")
     f.add_argument("--plots", metavar="DIR", help="write the plots (loss vs compute, IsoFLOP, N_opt and D_opt) here")
@@ -95,8 +97,9 @@ def fit_command(args) -> None:
 
     from trainlab.scaling import fit, points
 
-    if args.bootstrap < 0 or args.drop_highest < 0 or args.max_params < 0:
-        raise UserError("--bootstrap, --drop-highest and --max-params must be >= 0", "e.g. --bootstrap 100")
+    if args.bootstrap < 0 or args.drop_highest < 0 or not args.max_params >= 0 or not args.max_flops >= 0:
+        raise UserError("--bootstrap, --drop-highest, --max-params and --max-flops must be >= 0",
+                        "e.g. --bootstrap 100")
     p = points.read_csv(args.points)
     if args.drop_highest:
         if args.drop_highest >= len(p.finals()):
@@ -111,6 +114,9 @@ def fit_command(args) -> None:
         p = p.select(keep)
     if args.max_params:
         p = p.select(p.params <= args.max_params)
+    if args.max_flops:  # a run's curve goes with its final point: a run is in the fit or out of it
+        big = {r for r, c, f in zip(p.run, p.flops, p.final) if f and c > args.max_flops}
+        p = p.select((p.flops <= args.max_flops) & np.array([not (r and r in big) for r in p.run]))
     result = fit.fit_all(p, bootstrap=args.bootstrap, seed=args.seed)
     predictions = []
     if args.predict:
@@ -149,6 +155,7 @@ def table(r: dict) -> str:
     for k in KEYS:
         s = f"{se[k]:>12.4g}" if k in se else f"{'':>12}"
         lines.append(f"{k:<8}{r[k]:>12.4g}{s}{getattr(HOFFMANN, k):>12.4g}{getattr(EPOCH, k):>12.4g}")
+    lines += [f"note: {n}" for n in r.get("notes", [])]
     lines.append("")
     lines.append("compute-optimal exponents: N_opt ~ C^a, D_opt ~ C^b")
     rows = [("approach 3 (this fit)", r["approach3"])] + [(f"approach {i} (this fit)", r[f"approach{i}"])

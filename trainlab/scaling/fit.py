@@ -319,6 +319,12 @@ def fit_all(points: Points, bootstrap: int = 0, seed: int = 0, delta: float = 1e
     enough points (the others say why they were skipped)."""
     law, info = parametric(points, delta=delta, bootstrap=bootstrap, seed=seed)
     a, b = law.exponents
-    return {**{k: getattr(law, k) for k in KEYS}, "se": law.se, "source": law.source, "fit": info,
+    notes = []
+    if law.E < 1e-3 * float(points.loss.min()):
+        notes.append("E fell to 0: these losses are far above any floor, and the fit folds the irreducible loss "
+                     "into A / N^alpha (it cannot be told apart at this scale)")
+    notes += [f"{k} is not determined by these points (its standard error {law.se[k]:.3g} exceeds it)"
+              for k in KEYS if k in law.se and law.se[k] > abs(getattr(law, k))]
+    return {**{k: getattr(law, k) for k in KEYS}, "se": law.se, "source": law.source, "fit": info, "notes": notes,
             "approach3": {"a": a, "b": b}, "approach1": frontier_fit(points), "approach2": isoflop_fit(points),
             "kaplan": power_laws(points)}

@@ -21,31 +21,28 @@ def _save(fig, path: Path) -> Path:
 
 
 def loss_vs_compute(p: Points, result: dict, path: Path) -> Path:
-    """Every run's validation curve against 6 N D, coloured by size; the lowest loss per compute (approach 1's
-    frontier) and Kaplan's L(C) fit over it."""
+    """Every run's validation curve against 6 N D, coloured by size (log scale); the lowest loss per compute
+    (approach 1's frontier) and Kaplan's L(C) fit over it."""
+    from matplotlib.colors import LogNorm
+
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    sizes = sorted(set(p.params))
-    cmap = plt.get_cmap("viridis")
-    for r in sorted(set(p.run)):
+    norm, cmap = LogNorm(p.params.min(), max(p.params.max(), p.params.min() * 1.01)), plt.get_cmap("viridis")
+    for r in sorted(set(p.run) - {""}):  # a table of published points has no curves
         sel = np.array([x == r for x in p.run])
         o = np.argsort(p.flops[sel])
-        n = p.params[sel][0]
-        ax.plot(p.flops[sel][o], p.loss[sel][o], "-", lw=1, alpha=0.8,
-                color=cmap(sizes.index(n) / max(1, len(sizes) - 1)))
+        ax.plot(p.flops[sel][o], p.loss[sel][o], "-", lw=1, alpha=0.8, color=cmap(norm(p.params[sel][0])))
     f = p.finals()
-    sc = ax.scatter(f.flops, f.loss, c=[sizes.index(n) for n in f.params], cmap=cmap, s=18, zorder=3)
+    sc = ax.scatter(f.flops, f.loss, c=f.params, cmap=cmap, norm=norm, s=18, zorder=3)
     front = result.get("approach1", {}).get("frontier")
     if front:
-        ax.plot([q["flops"] for q in front], [q["loss"] for q in front], "k--", lw=1.2, label="frontier")
+        ax.plot([q["flops"] for q in front], [q["loss"] for q in front], "k--", lw=1.2, label="frontier (approach 1)")
     k = result.get("kaplan", {}).get("C", {})
-    if "alpha" in k:
+    if "alpha" in k and np.isfinite(k["x_c"]):
         c = np.geomspace(p.flops.min(), p.flops.max(), 50)
         ax.plot(c, (k["x_c"] / c) ** k["alpha"], "r:", lw=1.5, label=f"L(C) ~ C^-{k['alpha']:.3f}")
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs (6 N D)", ylabel="validation loss (nats/token)",
            title="Loss against compute")
-    cb = fig.colorbar(sc, ax=ax, ticks=range(len(sizes)))
-    cb.ax.set_yticklabels([f"{n:,.0f}" for n in sizes], fontsize=7)
-    cb.set_label("non-embedding parameters")
+    fig.colorbar(sc, ax=ax).set_label(f"N ({p.params_are})")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -62,7 +59,7 @@ def isoflops(result: dict, path: Path) -> Path:
         k2, k1, k0 = q["parabola"]
         ax.plot(np.exp(x), k2 * x**2 + k1 * x + k0, "-", color=color, lw=1)
         ax.plot([q["params_opt"]], [q["loss_opt"]], "kx" if q["inside"] else "k+", ms=8)
-    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="final validation loss",
+    ax.set(xscale="log", xlabel="parameters N", ylabel="final validation loss",
            title="IsoFLOP profiles (x: each budget's optimal N)")
     if profiles:
         ax.legend(fontsize=8)

@@ -404,14 +404,14 @@ class Sweep:
         last = (summary.get("exported") or {}).get("step") or summary["steps"]  # the weights the loss is of
         model, info = models.load(d / "model")
         total = sum(p.numel() for p in model.parameters())
-        per_token = model.flops_per_token() / 6  # the model's own count per token, forward = 2 of the 6
+        per_token = model.flops_per_token()  # the model's own training FLOPs per token (attention, output layer)
         n = job.size.params
         base = {"run": job.name(), "n_layer": job.size.n_layer, "n_embd": job.size.n_embd, "params": n,
                 "params_total": total, "lr": job.lr}
 
         def row(step: int, metrics: dict, final: int) -> dict:
             tokens = step * self.tokens_per_step
-            return {**base, "tokens": tokens, "flops": 6 * n * tokens, "flops_model": 6 * per_token * tokens,
+            return {**base, "tokens": tokens, "flops": 6 * n * tokens, "flops_model": per_token * tokens,
                     "step": step, "final": final, **{k: v for k, v in metrics.items()
                                                        if isinstance(v, (int, float)) and k not in base}}
 
