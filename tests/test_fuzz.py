@@ -24,6 +24,7 @@ from trainlab.errors import UserError
 _LONG = int(os.environ.get("TRAINLAB_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=_LONG or 30, deadline=None, derandomize=not _LONG,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ_REPORT = settings(FUZZ, max_examples=_LONG or 10)  # each example draws a whole report (0.4 s)
 
 
 # ------------------------------------------------------------------------------------------ damage
@@ -150,7 +151,7 @@ def test_summary_and_eval_json(run, scratch, data):
         only_user_errors(scratch, read, p)
 
 
-@FUZZ
+@FUZZ_REPORT
 @given(data=st.data())
 def test_metrics_jsonl_and_the_report(run, scratch, data):
     from trainlab.report import write_report

@@ -111,15 +111,6 @@ def test_isoflop_profiles_and_power_laws_find_the_laws_exponents(tmp_path):
     assert k["points"] == 5 and k["alpha"] == pytest.approx(0.076, rel=1e-3)
 
 
-def test_the_compute_optimal_allocation_matches_a_brute_force_search():
-    for law in law_lib.PUBLISHED.values():
-        c = 5.76e23
-        n, d = law.optimal(c)
-        grid = np.geomspace(n / 10, n * 10, 20001)
-        brute = grid[np.argmin([law.loss(x, c / (6 * x)) for x in grid])]
-        assert n == pytest.approx(brute, rel=1e-3) and 6 * n * d == pytest.approx(c)
-
-
 @pytest.mark.parametrize("rows,expect", [
     ("params,tokens,loss\n1e6,1e9,3.1\n2e6,-1e9,3.0\n", "line 3: tokens must be a positive finite number; got '-1e9'"),
     ("params,tokens,loss\n1e6,1e9,nan\n", "line 2: loss must be a positive finite number; got 'nan'"),
@@ -229,6 +220,7 @@ def test_a_sweep_trains_its_grid_once_and_fits(tmp_path):
     assert code == 2 and "is a sweep of stdlib-scaling" in err
 
 
+@pytest.mark.slow
 def test_a_sweep_searches_the_learning_rate_at_each_sizes_smallest_budget(tmp_path):
     out = tmp_path / "sweep"
     args = sweep_args(out, tmp_path / "cache")
@@ -307,7 +299,7 @@ def test_emergence_scores_exact_match_and_digits_on_problems_the_corpus_lacks(tm
 
 def _long_sweep(out: Path, cache: Path) -> list[str]:
     args = sweep_args(out, cache)
-    args[args.index("--tokens") + 1:args.index("--lrs")] = ["20000", "40000"]
+    args[args.index("--tokens") + 1:args.index("--lrs")] = ["12000", "24000"]
     return args
 
 
