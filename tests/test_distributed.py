@@ -281,12 +281,12 @@ def _status(pid: int) -> str:
 @pytest.mark.parametrize("parallel, resume_on", [("fsdp", 2)])
 def test_a_two_process_checkpoint_resumes_exactly(tmp_path, gpt, parallel, resume_on):
     args = [a for a in gpt if not a.startswith(("loop.max_steps", "loop.eval_every"))] + [
-        "loop.max_steps=150", "loop.eval_every=10", f"loop.parallel={parallel}"]
+        "loop.max_steps=100", "loop.eval_every=10", f"loop.parallel={parallel}"]
     single(args, tmp_path / "one")
     run = tmp_path / "run"
     _kill_after_first_checkpoint(args, run)
     killed_at = checkpoint.load_state(run / "checkpoints/last", need="state.pt")["step"]
-    assert json.loads((run / "summary.json").read_text())["status"] == "running" and killed_at < 150
+    assert json.loads((run / "summary.json").read_text())["status"] == "running" and killed_at < 100
 
     resume = ["--run-dir", str(run), "--resume"]
     r = run_cli("train", *args, *resume) if resume_on == 1 else torchrun(*args, *resume)
@@ -413,11 +413,11 @@ def test_a_scaling_sweep_under_torchrun_trains_each_run_on_every_process(tmp_pat
     out = tmp_path / "sweep"
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "trainlab", "scaling", "sweep", "stdlib-scaling",
            f"data.cache_dir={tmp_path / 'cache'}", "data.max_bytes=200000", "data.split=tail", "data.vocab_size=300",
-           "data.batch_size=8", "loop.eval_batches=2", "--sizes", "1x16", "--tokens", "3000", "6000",
+           "data.batch_size=8", "loop.eval_batches=2", "--sizes", "1x16", "--tokens", "3000",
            "--lrs", "1e-4", "1e-2", "1e4", "--out", str(out)]  # 1e4 diverges on both processes: an answer
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = sorted((out / "runs").iterdir())
-    assert len(runs) == 4 and r.stdout.count("val loss") == 3 and r.stdout.count("diverged") == 1  # rank 0 prints
+    assert len(runs) == 3 and r.stdout.count("val loss") == 2 and r.stdout.count("diverged") == 1  # rank 0 prints
     assert all(json.loads((d / "summary.json").read_text())["processes"] == 2 for d in runs)
     assert len((out / "points.csv").read_text().splitlines()) > 2

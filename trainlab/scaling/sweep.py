@@ -308,6 +308,14 @@ class Sweep:
     def run(self, quiet: bool = True, wait_s: float = 5.0) -> None:
         """Train every pending run (skipping finished ones, resuming interrupted ones) until the grid is done:
         the jobs are recomputed after every run, since a search's results decide what comes next."""
+        from trainlab import distributed
+
+        # Under torchrun the process group is joined once for the whole sweep: every run's session then finds it
+        # (a group destroyed after one run and created again for the next would wait for a rendezvous forever).
+        with distributed.session(self.cfg.loop) if distributed.launched() else contextlib.nullcontext():
+            self._run(quiet, wait_s)
+
+    def _run(self, quiet: bool, wait_s: float) -> None:
         from trainlab import distributed, runs
 
         if distributed.rank() == 0:
