@@ -238,11 +238,8 @@ def main() -> None:
     h = res["holdout"]
     part = h["largest_run"] if not h["largest_run"].get("error") else h["largest_size"]
     if not part.get("error"):
-        law = law_lib.Law.from_dict(part["law"])
-        p = points_lib.read_csv(out / "sweep").finals()
-        held = {r["run"] for r in part["runs"]}
-        rows = [{"label": r, "predicted": law.loss(n, d), "actual": l, "held_out": r in held}
-                for r, n, d, l in zip(p.run, p.params, p.tokens, p.loss)]
+        rows = plots.prediction_rows(law_lib.Law.from_dict(part["law"]), points_lib.read_csv(out / "sweep"),
+                                     {r["run"] for r in part["runs"]})
         plots.predicted_vs_actual(rows, out / "plots" / "scaling_prediction.png")
     text = report(res, out)
     (out / "scaling_laws.md").write_text(text)

@@ -119,9 +119,11 @@ def test_hours_budget_and_gpu_names():
     assert out["flops"] == pytest.approx(989e12 * 64 * 720 * 3600 * 0.4, rel=1e-12)
     assert out["hours"] == pytest.approx(720, rel=1e-9) and out["gpu_hours"] == pytest.approx(64 * 720, rel=1e-9)
     assert out["cost_usd"] == pytest.approx(64 * 720 * 2.5, rel=1e-9)
-    assert P.accelerator("RTX 4090") is P.ACCELERATORS["rtx-4090"]
-    assert P.accelerator("tpu_v5e").flops == 197e12
-    for a in P.ACCELERATORS.values():
+    from trainlab.scaling.accelerators import ACCELERATORS, accelerator
+
+    assert accelerator("RTX 4090") is ACCELERATORS["rtx-4090"]
+    assert accelerator("tpu_v5e").flops == 197e12
+    for a in ACCELERATORS.values():
         assert 1e13 < a.flops < 3e15 and a.precision and a.source
 
 

@@ -21,6 +21,7 @@ Without torchrun, `setup` returns a Dist of one process whose collectives do not
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -109,10 +110,9 @@ def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
 
 class Dist:
     def __init__(self, loop: LoopConfig, rank: int = 0, world: int = 1, local_rank: int = 0,
-                 owns_group: bool = False, device: torch.device | None = None):
+                 device: torch.device | None = None):
         self.rank, self.world, self.local_rank, self.parallel = rank, world, local_rank, loop.parallel
         self.device = device or pick_device(loop.device, local_rank, world)
-        self.owns_group = owns_group
         # NCCL moves CUDA tensors only; gloo moves CPU tensors.
         self.comm_device = self.device if world > 1 and dist.get_backend() == "nccl" else torch.device("cpu")
 
@@ -312,10 +312,6 @@ class Dist:
         plain.load_state_dict(full)
         return plain
 
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
 
 def _dcp(op: str, *args, **kwargs):
     """torch.distributed.checkpoint's save or load, quiet about working in one process (which is meant)."""
@@ -359,14 +355,15 @@ def record_error(text: str) -> None:
 
 @contextmanager
 def session(loop: LoopConfig):
-    """The Dist of this process: joins torchrun's process group when launched by torchrun, and leaves it."""
+    """The Dist of this process: joins torchrun's process group when launched by torchrun. The group stays for
+    the life of the process (left at exit): a second run in the same process (a scaling sweep, a script that
+    trains twice) finds it, where a group destroyed and created again would wait for a rendezvous forever."""
     if not launched():
         yield Dist(loop)
         return
     world, r, local = int(os.environ["WORLD_SIZE"]), rank(), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(loop.device, local, world)  # also checks that the machine has a GPU per process
-    owns = not dist.is_initialized()
-    if owns:
+    if not dist.is_initialized():
         backend = loop.backend if loop.backend != "auto" else "nccl" if device.type == "cuda" else "gloo"
         if backend == "nccl" and not (device.type == "cuda" and dist.is_nccl_available()):
             raise UserError("loop.backend = 'nccl' needs CUDA GPUs and a CUDA build of PyTorch; this process has "
@@ -377,8 +374,10 @@ def session(loop: LoopConfig):
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=timedelta(seconds=loop.dist_timeout_s))
-    ctx = Dist(loop, r, world, local, owns, device)
-    try:
-        yield ctx
-    finally:
-        ctx.close()
+        atexit.register(_leave_group)
+    yield Dist(loop, r, world, local, device)
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -266,7 +266,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
             if not bool(torch.isfinite(means[0] + grad_norm)):
                 for what, value in (("loss", float(means[0])), ("gradient norm", float(grad_norm))):
                     if not math.isfinite(value):  # the weights and checkpoints stay finite
-                        _diverged(what, value, step + 1, last_ckpt, writer, summary, log, progress)
+                        _diverged(what, value, step + 1, last_ckpt, writer, summary, log, progress, ctx)
             optimizer.step()  # 4. parameter update
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -306,7 +306,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                 log.log(step, "val", val)
                 watched = "loss" if "loss" in val else L.monitor
                 if watched in val and not math.isfinite(val[watched]):
-                    _diverged(f"validation {watched}", val[watched], step, last_ckpt, writer, summary, log, progress)
+                    _diverged(f"validation {watched}", val[watched], step, last_ckpt, writer, summary, log,
+                              progress, ctx)
                 _check_monitor(L.monitor, val)
                 verdict = _compare(val[L.monitor], best, L.monitor_mode)
                 evals_since_best = 0 if verdict > 0 else evals_since_best + 1
@@ -482,10 +483,13 @@ def freeze(model: nn.Module, prefixes: list[str]) -> None:
 
 
 def _diverged(what: str, value: float, step: int, last_ckpt: int | None, writer: RunWriter, summary: dict,
-              log: MetricLog, progress: Progress) -> None:
-    """Record the failure in summary.json and stop with a UserError; checkpoints are left as they are."""
+              log: MetricLog, progress: Progress, ctx: Dist) -> None:
+    """Record the failure in summary.json and stop with a UserError; checkpoints are left as they are. Every
+    process gets here at the same step (the values are reduced over processes) and raises once rank 0 has
+    written summary.json, as at the end of a run: a caller reading it next sees the failure."""
     summary.update(status="failed", steps=step, error=f"{what} {value} at step {step}")
     writer.summary(summary)
+    ctx.barrier()
     log.close()
     progress.close()
     kept = f"the last good checkpoint (step {last_ckpt}) is intact" if last_ckpt else "no checkpoint was written"

@@ -178,18 +178,13 @@ def _check(theta: np.ndarray, p: Points) -> None:
 
 
 def _ols(x: np.ndarray, y: np.ndarray) -> dict:
-    """y = c + k x by least squares, with the slope's 95% confidence interval (Student's t, n - 2 dof)."""
+    """y = c + k x by least squares (scipy's linregress), with the slope's 95% confidence interval (Student's t,
+    n - 2 degrees of freedom; none from 2 points)."""
     n = len(x)
-    k, c = np.polyfit(x, y, 1)
-    resid = y - (c + k * x)
-    r2 = 1 - (resid**2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-300)
-    if n > 2:
-        se = math.sqrt((resid**2).sum() / (n - 2) / ((x - x.mean()) ** 2).sum())
-        half = float(stats.t.ppf(0.975, n - 2)) * se
-    else:
-        half = math.nan
-    return {"slope": float(k), "intercept": float(c), "ci95": [float(k - half), float(k + half)], "r2": float(r2),
-            "points": n}
+    f = stats.linregress(x, y)
+    half = float(stats.t.ppf(0.975, n - 2)) * f.stderr if n > 2 else math.nan
+    return {"slope": float(f.slope), "intercept": float(f.intercept), "ci95": [f.slope - half, f.slope + half],
+            "r2": float(f.rvalue**2), "points": n}
 
 
 def _envelope(x: np.ndarray, y: np.ndarray) -> np.ndarray:

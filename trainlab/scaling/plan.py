@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from trainlab.errors import UserError
-from trainlab.scaling.accelerators import ACCELERATORS, accelerator  # noqa: F401 (plan.accelerator)
+from trainlab.scaling.accelerators import ACCELERATORS, accelerator
 from trainlab.scaling.law import PUBLISHED, Law
 
 DEFAULT_MFU = 0.4  # large dense transformers sustain roughly 0.3-0.5 of peak in bf16 (PaLM reports 0.46)

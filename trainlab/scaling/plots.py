@@ -122,15 +122,18 @@ def predicted_vs_actual(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def prediction_rows(law: Law, p: Points, held: set[str] = frozenset()) -> list[dict]:
+    """predicted_vs_actual's rows for the final points of p; runs named in `held` were left out of the fit."""
+    f = p.finals()
+    return [{"label": r, "predicted": law.loss(n, d), "actual": l, "held_out": r in held}
+            for r, n, d, l in zip(f.run, f.params, f.tokens, f.loss)]
+
+
 def write_all(p: Points, result: dict, out: Path) -> list[Path]:
     out = Path(out)
     paths = [loss_vs_compute(p, result, out / "scaling_loss_vs_compute.png")]
     if result.get("approach2", {}).get("profiles"):
         paths.append(isoflops(result, out / "scaling_isoflops.png"))
     paths.append(optimal_allocation(result, out / "scaling_optimal_allocation.png"))
-    law = Law.from_dict(result)
-    f = p.finals()
-    rows = [{"label": r, "predicted": law.loss(n, d), "actual": l}
-            for r, n, d, l in zip(f.run, f.params, f.tokens, f.loss)]
-    paths.append(predicted_vs_actual(rows, out / "scaling_fit_residuals.png"))
+    paths.append(predicted_vs_actual(prediction_rows(Law.from_dict(result), p), out / "scaling_fit_residuals.png"))
     return paths

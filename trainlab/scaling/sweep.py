@@ -30,6 +30,7 @@ from trainlab.errors import UserError
 
 SUFFIX = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12}
 EXTEND = 2  # how many times a size's learning-rate search may double (halve) past the edge of --lrs
+SEARCHING = object()  # a size's chosen rate while its search goes on
 
 
 def parse_number(text: str, option: str) -> float:
@@ -174,37 +175,38 @@ class Sweep:
     def jobs(self) -> list[Job]:
         """The runs known now, smallest compute first: each size's search over the rates tried so far, and its
         other budgets at the chosen rate (NaN while the search goes on)."""
-        choice = self.lr_choice()
         out = []
         for size, ds in self.grid():
-            out += [Job(size, ds[0], lr, True) for lr in self.search_rates(size, ds[0])[0]]
-            lr = choice.get(size.name)
-            out += [Job(size, d, lr if lr is not None else math.nan, False) for d in ds[1:]]
+            tried, choice = self.search(size, ds[0])
+            out += [Job(size, ds[0], lr, True) for lr in tried]
+            lr = choice if choice is not None and choice is not SEARCHING else math.nan
+            out += [Job(size, d, lr, False) for d in ds[1:]]
         return sorted(out, key=lambda j: (6 * j.size.params * j.tokens, j.size.params, j.lr))
 
-    def search_rates(self, size: Size, tokens: float) -> tuple[list[float], bool]:
-        """The rates this size's search has tried or must try next, and whether the search is over. It starts
-        with --lrs; while the best finished rate is the highest (lowest) tried, it tries twice (half) that, up
-        to EXTEND times each way: a best rate at the edge of the grid is a bound, not an optimum. One rate given
-        is no search: that rate."""
+    def search(self, size: Size, tokens: float) -> tuple[dict[float, float | None], object]:
+        """This size's learning-rate search: {rate: final validation loss (inf: diverged; None: not finished)}
+        over the rates tried or to try next, and the chosen rate (SEARCHING while it goes on; None when every
+        rate diverged). It starts with --lrs; while the best rate is the highest (lowest) tried, it tries twice
+        (half) that, up to EXTEND times each way: a best rate at the edge of the grid is a bound, not an
+        optimum. One rate given is no search: that rate."""
+        tried: dict[float, float | None] = {}
         rates = list(self.lrs)
-        for _ in range(2 * EXTEND + 1):
-            results = []
+        while True:
             for lr in rates:
-                r = self.result(Job(size, tokens, lr, True))
-                results.append(None if r is None else self.loss_of(r))
-            if any(r is None for r in results):
-                return rates, False
-            best = rates[min(range(len(rates)), key=lambda i: results[i])]
-            if len(self.lrs) < 2 or not math.isfinite(min(results)):  # no search, or every rate diverged
-                return rates, True
-            if best == max(rates) and best < self.lrs[-1] * 2**EXTEND * 0.9999:
+                if lr not in tried:
+                    r = self.result(Job(size, tokens, lr, True))
+                    tried[lr] = None if r is None else self.loss_of(r)
+            if any(v is None for v in tried.values()):
+                return dict(sorted(tried.items())), SEARCHING
+            best = min(tried, key=tried.get)
+            if not math.isfinite(tried[best]):
+                return dict(sorted(tried.items())), None  # every rate diverged
+            if len(self.lrs) > 1 and best == max(tried) and best < self.lrs[-1] * 2**EXTEND * 0.9999:
                 rates.append(best * 2)
-            elif best == min(rates) and best > self.lrs[0] / 2**EXTEND * 1.0001:
-                rates.insert(0, best / 2)
+            elif len(self.lrs) > 1 and best == min(tried) and best > self.lrs[0] / 2**EXTEND * 1.0001:
+                rates.append(best / 2)
             else:
-                return rates, True
-        return rates, True
+                return dict(sorted(tried.items())), best
 
     def steps_for(self, tokens: float) -> int:
         return max(1, round(tokens / self.tokens_per_step))
@@ -242,7 +244,8 @@ class Sweep:
                             "give another --out, or the same recipe and overrides to continue that sweep")
         if old.get("budget_kind") != self.budget_kind:
             raise UserError(f"{self.out} is a sweep over --{old.get('budget_kind')}; this one gives "
-                            f"--{self.budget_kind}", f"continue it with --{old.get('budget_kind')}, or give another --out")
+                            f"--{self.budget_kind}",
+                            f"continue it with --{old.get('budget_kind')}, or give another --out")
         self.sizes = sorted(set(self.sizes) | set(old_sizes), key=lambda z: z.params)
         self.budgets = sorted(set(self.budgets) | set(old_budgets))
         self.check_names()
@@ -287,35 +290,20 @@ class Sweep:
         over; None when every rate diverged (the size is left out)."""
         out = {}
         for size, ds in self.grid():
-            rates, done = self.search_rates(size, ds[0])
-            if done:
-                loss, lr = min((self.loss_of(self.result(Job(size, ds[0], lr, True))), lr) for lr in rates)
-                out[size.name] = lr if math.isfinite(loss) else None
+            choice = self.search(size, ds[0])[1]
+            if choice is not SEARCHING:
+                out[size.name] = choice
         return out
 
-    def search_table(self) -> dict[str, dict[str, float | None]]:
+    def search_table(self) -> dict[str, dict[str, float | str | None]]:
         """Size name -> {rate: final validation loss, "diverged", or None (not finished)} for sweep.json."""
-        table = {}
-        for size, ds in self.grid():
-            row = {}
-            for lr in self.search_rates(size, ds[0])[0]:
-                r = self.result(Job(size, ds[0], lr, True))
-                row[f"{lr:g}"] = None if r is None else self.loss_of(r) if r.get("status") != "failed" else "diverged"
-            table[size.name] = row
-        return table
+        return {size.name: {f"{lr:g}": "diverged" if v == math.inf else v
+                            for lr, v in self.search(size, ds[0])[0].items()} for size, ds in self.grid()}
 
     # ------------------------------------------------------------------ running
     def run(self, quiet: bool = True, wait_s: float = 5.0) -> None:
         """Train every pending run (skipping finished ones, resuming interrupted ones) until the grid is done:
         the jobs are recomputed after every run, since a search's results decide what comes next."""
-        from trainlab import distributed
-
-        # Under torchrun the process group is joined once for the whole sweep: every run's session then finds it
-        # (a group destroyed after one run and created again for the next would wait for a rendezvous forever).
-        with distributed.session(self.cfg.loop) if distributed.launched() else contextlib.nullcontext():
-            self._run(quiet, wait_s)
-
-    def _run(self, quiet: bool, wait_s: float) -> None:
         from trainlab import distributed, runs
 
         if distributed.rank() == 0:
@@ -359,12 +347,7 @@ class Sweep:
             with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
                 s = api.train(cfg, run_dir=d, resume=resume)
         except UserError as e:
-            s = self.result(job)
-            for _ in range(100):  # under torchrun, rank 0 may still be writing the failed run's summary
-                if s is not None or not distributed.launched():
-                    break
-                time.sleep(0.1)
-                s = self.result(job)
+            s = self.result(job)  # every process returns once rank 0 has written it (the loop's barrier)
             if s is None or s.get("status") != "failed":
                 raise
             if distributed.rank() == 0:  # a diverged rate is an answer of the search, not the end of the sweep
