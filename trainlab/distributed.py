@@ -375,9 +375,26 @@ def session(loop: LoopConfig):
             torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=timedelta(seconds=loop.dist_timeout_s))
         atexit.register(_leave_group)
-    yield Dist(loop, r, world, local, device)
+    try:
+        yield Dist(loop, r, world, local, device)
+    except BaseException:
+        _exit_state["failed"] = True
+        raise
+
+
+_exit_state = {"failed": False}
 
 
 def _leave_group() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit, the processes leave together: gloo aborts a process whose peer closes its connections while it
+    still holds the group (seen once in CI, a two-process FSDP test), so on a clean exit they meet at a barrier
+    first. After a failure there is no barrier: the peers may be blocked in another collective, and torchrun
+    stops them once this process exits."""
+    if not dist.is_initialized():
+        return
+    if not _exit_state["failed"] and dist.get_backend() == "gloo":
+        try:
+            dist.monitored_barrier(timeout=timedelta(seconds=60))
+        except Exception:  # a peer is gone or stuck: the OS closes the connections
+            return
+    dist.destroy_process_group()
