@@ -421,3 +421,17 @@ def test_a_scaling_sweep_under_torchrun_trains_each_run_on_every_process(tmp_pat
     assert len(runs) == 3 and r.stdout.count("val loss") == 2 and r.stdout.count("diverged") == 1  # rank 0 prints
     assert all(json.loads((d / "summary.json").read_text())["processes"] == 2 for d in runs)
     assert len((out / "points.csv").read_text().splitlines()) > 2
+
+
+@pytest.mark.slow
+def test_ppo_under_torchrun_steps_half_the_environments_on_each_process(tmp_path):
+    """Each process steps num_envs / 2 environments (their own seeds) and trains on its rollout's minibatches of
+    batch / 2; the logged environment steps and episodes are the whole run's."""
+    r = torchrun("cartpole-ppo", "data.env_steps=1024", "data.num_envs=4", "data.rollout_steps=64",
+                 "data.epochs_per_rollout=2", "loop.eval_every=8", "data.eval_episodes=2", "--run-dir",
+                 str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in rows if x["split"] == "train"]
+    assert train[-1]["env_steps"] == 1024 and train[-1]["step"] == 8 and train[-1]["episodes"] > 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["processes"] == 2

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--split", default="val", choices=["val", "test"])
     e.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    e.add_argument("--episodes", type=int, default=0, help="environment and self-play runs: episodes (games) to "
+                   "play (default: the recipe's data.eval_episodes / data.eval_games)")
 
     g = sub.add_parser("sample", help="generate text from a trained language model")
     g.add_argument("run_dir")
@@ -68,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     scaling_commands.add_parser(sub)
     plan.add_parser(sub)
 
+    pl = sub.add_parser("play", help="play a trained self-play model (tic-tac-toe, connect-four) in the terminal")
+    pl.add_argument("run_dir")
+    pl.add_argument("--first", default="human", choices=["human", "model"], help="who moves first (X)")
+    pl.add_argument("--simulations", type=int, default=None, help="the model's search per move (default: the run's)")
+
     rc = sub.add_parser("recipes", help="list the bundled recipes, or print one")
     rc.add_argument("name", nargs="?", help="print this recipe's TOML (a bundled name or a file)")
     rc.add_argument("--resolved", action="store_true", help="with NAME: the full config, every default filled in")
@@ -86,10 +93,18 @@ def cmd_train(args) -> None:
     api.train(cfg, run_dir=args.run_dir, resume=args.resume)
 
 
+def cmd_play(args) -> None:
+    from trainlab.rl.play import play
+
+    play(args.run_dir, args.first, args.simulations)
+
+
 def cmd_eval(args) -> None:
     from trainlab.eval import evaluate_run, format_table
 
-    result = evaluate_run(args.run_dir, args.split)
+    if args.episodes < 0 or args.episodes > 100_000:
+        raise UserError(f"--episodes must be between 1 and 100000; got {args.episodes}", "give a number of episodes")
+    result = evaluate_run(args.run_dir, args.split, episodes=args.episodes)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
 
 
@@ -228,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     handler = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "report": cmd_report,
                "predict": cmd_predict, "export": cmd_export, "recipes": cmd_recipes, "scaling": cmd_scaling,
-               "plan": cmd_plan}[args.command]
+               "plan": cmd_plan, "play": cmd_play}[args.command]
     try:
         handler(args)
         sys.stdout.flush()  # inside the try: a reader that went away shows here, not at interpreter exit

@@ -131,6 +131,7 @@ class LoopConfig(Table):
     monitor: str = "loss"  # the validation metric that picks checkpoints/best and drives early stopping
     monitor_mode: Literal["min", "max"] = "min"
     patience: int = Field(0, ge=0)  # evaluations without improvement before stopping; 0 = never stop early
+    target: float | None = None  # stop once the monitored validation metric reaches this value (a solved task)
     restore_best: bool = True  # export the best weights (by monitor) rather than the last ones
     compile: bool = False  # torch.compile the model (worth it on GPUs; slow to start on a CPU)
     threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = OMP_NUM_THREADS if set, else the usable cores
@@ -229,7 +230,7 @@ class Config(Table):
         return self
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json"))
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))  # None: unset (TOML has no null)
 
 
 # ---------------------------------------------------------------------------------------------- recipes

@@ -70,9 +70,10 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve(cfg: Config, steps_per_epoch: int) -> Config:
-    """Fill in the derived values once; they are written into the run's config.toml."""
-    total = cfg.loop.steps or cfg.loop.epochs * steps_per_epoch
+def resolve(cfg: Config, steps_per_epoch: int, planned: int = 0) -> Config:
+    """Fill in the derived values once; they are written into the run's config.toml. `planned`: the steps a
+    source derives from its own length (an environment source's data.env_steps), used when loop.steps is 0."""
+    total = cfg.loop.steps or planned or cfg.loop.epochs * steps_per_epoch
     if cfg.loop.max_steps:
         total = min(total, cfg.loop.max_steps)  # the LR schedule spans the capped run
     eval_every = cfg.loop.eval_every or min(steps_per_epoch, total)
@@ -108,7 +109,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     cfg = models.resolve_init(cfg, ctx.print)  # model.init_from: the architecture (and tokenizer) of the finished run
     data = ctx.local_first(lambda: data_lib.build(cfg.data))  # one process per machine packs a corpus cache
     data = replay.wrap(data, cfg)  # data.replay_fraction: pre-training text mixed into fine-tuning
-    cfg = resolve(cfg, max(1, data.batches_per_epoch // cfg.loop.grad_accum))
+    cfg = resolve(cfg, max(1, data.batches_per_epoch // cfg.loop.grad_accum), getattr(data, "planned_steps", 0))
     L = cfg.loop
     plan = ctx.plan(data.batch_size, L.grad_accum)
 
@@ -300,7 +301,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                 window += flush()  # rows up to a checkpoint are on disk before it
 
             # Once in a while: validate, keep the best, maybe stop early, checkpoint.
-            is_best = stop = False
+            is_best = stop = reached = False
             if is_eval:
                 val = data.validate(policy, L.eval_batches)
                 log.log(step, "val", val)
@@ -314,9 +315,13 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                 if verdict >= 0:
                     best, is_best = {"step": step, "metric": L.monitor, "value": val[L.monitor], "metrics": val}, True
                 stop = bool(L.patience) and evals_since_best >= L.patience
+                reached = L.target is not None and math.isfinite(val[L.monitor]) and (  # solved: CartPole's 475
+                    val[L.monitor] >= L.target if L.monitor_mode == "max" else val[L.monitor] <= L.target)
+                stop = stop or reached
                 text = "val " + "  ".join(f"{k} {v:.4g}" for k, v in val.items())
                 if step % L.log_every == 0 or step == L.steps or stop:  # not a line per step when validating often
-                    progress.write(f"step {step}: {text}" + ("  (best)" if is_best else "") + ("  early stop" if stop else ""))
+                    progress.write(f"step {step}: {text}" + ("  (best)" if is_best else "")
+                                   + ("  target reached" if reached else "  early stop" if stop else ""))
             links = (("last",) if step % L.checkpoint_every == 0 or step == L.steps or stop else ()) \
                 + (("best",) if is_best else ())
             if links:
@@ -324,7 +329,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                 ctx.save_checkpoint(ckpt_root, step, model, optimizer, loop_state(), links)
                 last_ckpt = step if "last" in links else last_ckpt
             if stop:
-                status = "early_stopped"
+                status = "target_reached" if reached else "early_stopped"
                 break
     except KeyboardInterrupt:  # Ctrl-C: say where the run stopped; its last checkpoint is intact
         last_ckpt = checkpoint.linked_step(ckpt_root) if ctx.main else last_ckpt  # it may have landed just now

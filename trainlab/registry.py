@@ -41,7 +41,8 @@ BUILTIN = (
     "trainlab.objectives.dpo", "trainlab.objectives.ppo", "trainlab.objectives.grpo",
     "trainlab.data.bundled", "trainlab.data.tabular", "trainlab.data.images", "trainlab.data.text",
     "trainlab.data.text_classes", "trainlab.data.dialogues", "trainlab.data.rollouts",
-
+    "trainlab.rl.agents", "trainlab.rl.ppo", "trainlab.rl.rollouts", "trainlab.rl.dqn", "trainlab.rl.replay",
+    "trainlab.rl.alphazero", "trainlab.rl.selfplay",
 )
 
 

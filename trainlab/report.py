@@ -287,6 +287,10 @@ def write_report(run_dir: str | Path, compare: list[str] | tuple[str, ...] = ())
         cfg = config.load_resolved(cfg_path)
         if registry.unsupervised(cfg.model.kind):
             md += _unsupervised(run_dir, cfg, run.rows)
+        if hasattr(cfg.data, "env") and _trained(run.rows):  # an agent in a Gymnasium environment
+            from trainlab.rl import report as rl_report
+
+            md += rl_report.section(run_dir, cfg, run.rows)
     pictured = "test" if (run_dir / "eval_test.json").is_file() else "val"  # confusion.png: test's if there
     for split in ("val", "test"):
         p = run_dir / f"eval_{split}.json"

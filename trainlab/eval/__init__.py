@@ -96,9 +96,10 @@ def evaluate_masked_lm(model, data, split: str, cfg) -> dict:
                          "mask_accuracy": base_correct / n}}
 
 
-def evaluate_run(run_dir: str | Path, split: str = "val", model: tuple | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, split: str = "val", model: tuple | None = None, episodes: int = 0) -> dict:
     """The run's model on its own `split` beside a baseline, written to eval_<split>.json. `model`: (module,
-    info) already loaded (trainlab.load of a run of your own module), instead of rebuilding it from model/."""
+    info) already loaded (trainlab.load of a run of your own module), instead of rebuilding it from model/.
+    `episodes`: episodes (games) played by a run of an environment (self-play) source; its default otherwise."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist", "give the folder `trainlab train` printed")
@@ -106,8 +107,8 @@ def evaluate_run(run_dir: str | Path, split: str = "val", model: tuple | None = 
     model, info = model if model is not None else models.load(run_dir / "model")
     data = data_lib.build(cfg.data)  # the same seeded split the run was trained on
     files.check_fits(info, data.info, run_dir / "model")
-    if hasattr(data, "evaluate_model"):  # a source that scores models its own way (post-training: replies)
-        out = data.evaluate_model(model, split)
+    if hasattr(data, "evaluate_model"):  # a source that scores models its own way (replies, episodes, games)
+        out = data.evaluate_model(model, split, **({"episodes": episodes} if episodes else {}))
         write_json(run_dir / f"eval_{split}.json", out)
         return out
     if info.get("task") == "language_modeling" and cfg.objective.kind == "masked_lm":
@@ -150,6 +151,7 @@ def format_table(result: dict) -> str:
     unit = "tokens" if result.get("task") == "language_modeling" else "examples"
     unit = "masked tokens" if result.get("objective") == "masked_lm" else unit
     unit = "prompts" if "exact_match" in m else "pairs" if result.get("task") == "chat" else unit
+    unit = {"control": "episodes", "selfplay": "games"}.get(result.get("task"), unit)
     lines = [f"{result['split']} split, {result['n']} {unit}", f"{'metric':<18}{'model':>12}{'baseline':>12}"]
     lines += [f"{k:<18}{m[k]:>12.4f}{b[k] if k in b else float('nan'):>12.4f}" + ("   (uses labels)" if k in used else "")
               for k in keys]
