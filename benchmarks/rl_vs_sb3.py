@@ -105,9 +105,15 @@ def worker_sb3(seed: int, profile: bool) -> dict:
 
 
 def summarize_run(curve: list[dict]) -> dict:
+    """Steps and time to the target; start-up (to the first evaluation, before any step) and the training time
+    per 2,048 environment steps after it (collection and updates: the speed, apart from sample efficiency)."""
     hit = next((c for c in curve if c["return"] >= TARGET), None)
+    last = hit or (curve[-1] if curve else None)
+    blocks = (last["env_steps"] - curve[0]["env_steps"]) / EVAL_EVERY if last else 0
     return {"reached": hit is not None, "env_steps": hit["env_steps"] if hit else None,
             "wall_s": hit["wall_s"] if hit else None, "train_s": hit["train_s"] if hit else None,
+            "startup_s": curve[0]["train_s"] if curve else None,
+            "s_per_2048": (last["train_s"] - curve[0]["train_s"]) / blocks if blocks else None,
             "final_return": curve[-1]["return"] if curve else None}
 
 
@@ -194,7 +200,9 @@ def main() -> None:
         table[which] = {"reached": f"{len(ok)}/{len(runs)}",
                         "env_steps": statistics.median(r["env_steps"] for r in ok) if ok else None,
                         "train_s": statistics.median(r["train_s"] for r in ok) if ok else None,
-                        "wall_s": statistics.median(r["wall_s"] for r in ok) if ok else None}
+                        "wall_s": statistics.median(r["wall_s"] for r in ok) if ok else None,
+                        "startup_s": statistics.median(r["startup_s"] for r in runs),
+                        "s_per_2048": statistics.median(r["s_per_2048"] for r in runs if r["s_per_2048"])}
     results["medians"] = table
     ratio = (table["sb3"]["train_s"] / table["trainlab"]["train_s"]
              if table["sb3"]["train_s"] and table["trainlab"]["train_s"] else float("nan"))
@@ -240,10 +248,12 @@ def markdown(results: dict) -> str:
     def f(v, fmt):
         return format(v, fmt) if v is not None else "-"
 
-    lines = ["| | reached 475 | env steps (median) | training s (median) | with evaluations s |", "|---|---|---|---|---|"]
+    lines = ["| | reached 475 | env steps (median) | training s to 475 (median) | with evaluations s | start-up s "
+             "| s per 2,048 env steps |", "|---|---|---|---|---|---|---|"]
     for which, name in (("trainlab", "trainlab"), ("sb3", "Stable-Baselines3")):
         lines.append(f"| {name} | {m[which]['reached']} | {f(m[which]['env_steps'], ',.0f')} | "
-                     f"{f(m[which]['train_s'], '.1f')} | {f(m[which]['wall_s'], '.1f')} |")
+                     f"{f(m[which]['train_s'], '.1f')} | {f(m[which]['wall_s'], '.1f')} | "
+                     f"{f(m[which]['startup_s'], '.1f')} | {f(m[which]['s_per_2048'], '.2f')} |")
     lines += ["", "Per seed (env steps, training s):", ""]
     for which in ("trainlab", "sb3"):
         lines.append(f"- {which}: " + "; ".join(
@@ -254,7 +264,9 @@ def markdown(results: dict) -> str:
             phases = ", ".join(f"{k} {v:.1f} s" for k, v in p["phases_s"].items())
             own = ", ".join(f"{k} {v:.1f} s" for k, v in list(p["own_s_by_library"].items())[:6])
             lines.append(f"- {which}: {p['wall_s']:.1f} s under the profiler; {phases}; own time by library: {own}")
-    lines += ["", f"ratio (SB3 / trainlab training time to 475): {results['ratio']:.2f}"]
+    speed = m["sb3"]["s_per_2048"] / m["trainlab"]["s_per_2048"]
+    lines += ["", f"ratio (SB3 / trainlab training time to 475): {results['ratio']:.2f}; per environment step after "
+              f"start-up: {speed:.2f}"]
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import REPO, run_cli, train_killed_after
 from trainlab import config, loop
@@ -205,6 +206,34 @@ def test_a_tiny_selfplay_run_logs_fixed_keys_validates_and_evaluates(tmp_path, r
     bad = run_cli("play", str(tmp_path / "r"), "--simulations", "0")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --simulations")
     assert bad.stderr.count("error:") == 1
+
+
+@pytest.mark.parametrize("candidate_score, accepted", [(0.5, False), (0.75, True)])
+def test_the_arena_keeps_the_best_network_unless_the_candidate_wins_enough(tmp_path, recipe_file, monkeypatch,
+                                                                           candidate_score, accepted):
+    """AlphaGo Zero's gate: the candidate replaces the self-play network only at a score >= 0.55."""
+    from trainlab.rl import selfplay
+
+    wins = int(candidate_score * 4)
+    monkeypatch.setattr(selfplay.players, "match", lambda *a, **k: {"games": 4, "wins": wins, "draws": 0,
+                                                                     "losses": 4 - wins})
+    seen = []
+    real = selfplay.SelfPlayStream._arena
+
+    def arena(self):
+        before = {k: v.clone() for k, v in self.best.state_dict().items()}
+        real(self)
+        now = self.best.state_dict()
+        cand = self.policy.model.state_dict()
+        seen.append((self.accepted, all(torch.equal(now[k], before[k]) for k in now),
+                     all(torch.equal(now[k], cand[k]) for k in now)))
+
+    monkeypatch.setattr(selfplay.SelfPlayStream, "_arena", arena)
+    cfg = config.load_recipe(str(recipe_file), ["loop.steps=4", "loop.eval_every=4", "data.eval_games=1"])
+    loop.train(cfg, tmp_path / "r")
+    assert len(seen) == 2  # an arena after each iteration of 2 steps
+    for got, unchanged, copied in seen:
+        assert got == float(accepted) and unchanged == (not accepted) and copied == accepted
 
 
 def test_a_whole_game_against_the_model_ends_with_a_result(tmp_path, recipe_file, monkeypatch):

@@ -226,6 +226,8 @@ def test_ppo_trains_through_the_loop_and_logs_what_ppo_users_read(tmp_path):
                 "explained_variance", "entropy", "policy_loss", "value_loss"):
         assert all(key in r for r in train), key
     assert train[-1]["env_steps"] == 2048 and train[-1]["episodes"] > 0
+    # The source's counters are shown as they are, not averaged over the logging window
+    assert s["metrics"]["train"]["env_steps"] == 2048 and s["metrics"]["train"]["episodes"] == train[-1]["episodes"]
     val = [r for r in rows(tmp_path / "r") if r["split"] == "val"]
     assert val[0]["step"] == 0 and {"episode_return", "return_std", "episode_length"} <= set(val[0])
 
@@ -291,6 +293,15 @@ def test_eval_plays_deterministic_episodes_beside_a_random_policy_and_report_dra
     again = json.loads(run_cli("eval", str(run), "--split", "test", "--episodes", "3", "--json").stdout)
     assert again["returns"] == out["returns"]  # the same seeded episodes every time
     assert "3 episodes" in run_cli("eval", str(run), "--episodes", "3").stdout
+    assert json.loads(run_cli("eval", str(run), "--split", "test", "--episodes", "3", "--json").stdout)["returns"] \
+        == out["returns"]  # in chunks or at once: the same episodes
+    from trainlab import data as data_lib
+    from trainlab import models
+
+    src = data_lib.build(config.load_resolved(run / "config.toml").data)
+    model, _ = models.load(run / "model")
+    with torch.no_grad():
+        assert src.episodes(src.act_fn(model), "test", 3, chunk=2)[0] == out["returns"]
     r = run_cli("report", str(run))
     assert r.returncode == 0, r.stderr
     md = (run / "report.md").read_text()
@@ -310,6 +321,7 @@ def test_eval_plays_deterministic_episodes_beside_a_random_policy_and_report_dra
     (["data.env=FrozenLake-v1"], "vector (Box) observations"),
     (["data.env=CartPole-v1", "model.action=continuous"], "CartPole-v1 has discrete actions"),
     (["data.batch_size=100"], "does not split into minibatches of 100"),
+    (["data.rollout_steps=40"], "a rollout of data.num_envs x data.rollout_steps = 320 transitions"),
     (["data.env=TestNaN-v0"], "non-finite observation"),
     (["data.env=TestRaises-v0"], "raised RuntimeError during step: the simulator lost its connection"),
 ])

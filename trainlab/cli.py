@@ -103,7 +103,8 @@ def cmd_eval(args) -> None:
     from trainlab.eval import evaluate_run, format_table
 
     if args.episodes < 0 or args.episodes > 100_000:
-        raise UserError(f"--episodes must be between 1 and 100000; got {args.episodes}", "give a number of episodes")
+        raise UserError(f"--episodes must be between 1 and 100000; got {args.episodes}",
+                        "give a number of episodes (without --episodes: the recipe's data.eval_episodes)")
     result = evaluate_run(args.run_dir, args.split, episodes=args.episodes)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
 

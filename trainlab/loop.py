@@ -109,7 +109,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     cfg = models.resolve_init(cfg, ctx.print)  # model.init_from: the architecture (and tokenizer) of the finished run
     data = ctx.local_first(lambda: data_lib.build(cfg.data))  # one process per machine packs a corpus cache
     data = replay.wrap(data, cfg)  # data.replay_fraction: pre-training text mixed into fine-tuning
-    cfg = resolve(cfg, max(1, data.batches_per_epoch // cfg.loop.grad_accum), getattr(data, "planned_steps", 0))
+    # A source whose epochs and planned length count optimizer steps already (a DQN round's gradient steps, a
+    # self-play iteration's steps) says so; otherwise they count batches, loop.grad_accum of them per step.
+    per_step = 1 if getattr(data, "counts_steps", False) else cfg.loop.grad_accum
+    cfg = resolve(cfg, max(1, data.batches_per_epoch // per_step), getattr(data, "planned_steps", 0) // per_step)
     L = cfg.loop
     plan = ctx.plan(data.batch_size, L.grad_accum)
 
@@ -142,6 +145,9 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     # The source is created after the model: online sources (rollouts, generations) run it through `policy`.
     policy = Policy(model, forward, device, amp, ctx, objective, getattr(cfg.model, "init_from", ""))
     stream = data.stream(cfg.run.seed, policy, plan)
+    # Keys a source reports in on_step that describe where it is (environment steps, a running mean of episode
+    # returns, epsilon, a buffer's size): shown as they are at the logging step, not averaged over the window.
+    current = set(getattr(stream, "state_metrics", ()))
     ckpt_root = run_dir / "checkpoints"
     if ctx.main:
         runs.lock(run_dir)  # one writer per run folder (already held when the CLI picked the folder)
@@ -209,7 +215,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                 "evals_since_best": evals_since_best, "wall_s": wall_before + time.time() - t_start, "version": 1}
 
     if resume:  # the training metrics of the window logged last, as the uninterrupted run reports them
-        summary["metrics"]["train"] = _last_window(runs.read_metrics(run_dir) if ctx.main else [])
+        summary["metrics"]["train"] = _last_window(runs.read_metrics(run_dir) if ctx.main else [], current)
     val = data.validate(policy, L.eval_batches) if step == 0 else {}
     if val:
         log.log(0, "val", val)
@@ -248,7 +254,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                 before_step(step)
             if unfreeze is not None:
                 unfreeze(step)
-            sums: dict[str, torch.Tensor] = {}
+            summed, keys = None, []
             for i, batch in enumerate(stream.next_step()):
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 # Gradients are summed over micro-batches; processes average them once, after the last one.
@@ -256,11 +262,13 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                     with amp:
                         loss, metrics = forward(batch)  # 1. forward pass, 2. loss
                     (loss / plan.accum).backward()  # 3. backward pass
-                for k, v in {"loss": loss, **metrics}.items():  # kept on the device: no wait here
-                    sums[k] = sums.get(k, 0.0) + torch.as_tensor(v, device=device).detach().float() / plan.accum
+                # The step's metrics stay on the device, one tensor for all of them: no wait here.
+                keys = ["loss", *metrics]
+                values = torch.stack([torch.as_tensor(v, device=device).detach().float()
+                                      for v in (loss, *metrics.values())])
+                summed = values if summed is None else summed + values
                 window_examples += data.count(batch) * ctx.world
-            keys = list(sums)
-            means = ctx.mean_tensor(torch.stack([sums[k] for k in keys]))  # every rank sees the same numbers
+            means = ctx.mean_tensor(summed / plan.accum if plan.accum > 1 else summed)  # the same on every rank
             # Clip by the global norm (max_norm=inf only measures it); the norm is logged every step.
             grad_norm = ctx.grad_norm(params, L.clip_grad_norm or math.inf)
             # The one wait for the device per step: a non-finite loss or norm must stop the run before the update.
@@ -278,8 +286,11 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
             extra = stream.on_step(step, dict(zip(keys, row)))  # online sources: refresh rollouts, sync a target...
             if extra:
                 names = sorted(extra)  # the same keys on every rank, reduced in the same order
-                vals = ctx.mean_tensor(torch.stack([torch.as_tensor(extra[k], dtype=means.dtype).to(means.device)
-                                                    for k in names]))
+                if all(isinstance(extra[k], (int, float)) for k in names):  # numbers from the host: one copy
+                    vals = torch.tensor([float(extra[k]) for k in names], dtype=means.dtype, device=means.device)
+                else:
+                    vals = torch.stack([torch.as_tensor(extra[k], dtype=means.dtype).to(means.device) for k in names])
+                vals = ctx.mean_tensor(vals)
                 row, keys = torch.cat([row, vals]), keys + names
             pending.append((step, keys, row, {}))
             progress.tick(step)  # the bar moves every step; its numbers change at log points
@@ -293,7 +304,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                     shown["mfu"] = shown["throughput"] * flops_per_unit / (peak * ctx.world)
                 pending[-1][3].update(shown)
                 window += flush()
-                averages = {k: sum(r[k] for r in window) / len(window) for k in window[-1] if k not in shown}
+                averages = {k: window[-1][k] if k in current else sum(r[k] for r in window) / len(window)
+                            for k in window[-1] if k not in shown}
                 summary["metrics"]["train"] = {k: v for k, v in {**averages, **shown}.items() if k != "lr"}
                 progress.update(step, {k: v for k, v in {**averages, **shown}.items() if k not in ("epoch", "grad_norm")})
                 window, window_examples, t_window = [], 0, now
@@ -376,7 +388,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     return summary
 
 
-def _last_window(rows: list[dict]) -> dict[str, float]:
+def _last_window(rows: list[dict], current: set[str] = frozenset()) -> dict[str, float]:
     """summary.json's training metrics from metrics.jsonl: the averages over the rows of the last logging
     window, with the throughput (and epoch, MFU) of its last row; a resumed run with no steps left reports them
     as the uninterrupted run did."""
@@ -388,7 +400,8 @@ def _last_window(rows: list[dict]) -> dict[str, float]:
     window, last = train[start:ends[-1] + 1], train[ends[-1]]
     shown = {k: last[k] for k in ("throughput", "epoch", "mfu") if k in last}
     keys = [k for k in last if k not in ("step", "split", "time", "lr", *shown)]
-    averages = {k: sum(r[k] for r in window if k in r) / max(1, sum(k in r for r in window)) for k in keys}
+    averages = {k: last[k] if k in current else sum(r[k] for r in window if k in r) / max(1, sum(k in r for r in window))
+                for k in keys}
     return {**averages, **shown}
 
 

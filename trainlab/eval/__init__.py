@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,10 @@ def evaluate_run(run_dir: str | Path, split: str = "val", model: tuple | None = 
     model, info = model if model is not None else models.load(run_dir / "model")
     data = data_lib.build(cfg.data)  # the same seeded split the run was trained on
     files.check_fits(info, data.info, run_dir / "model")
+    plays = hasattr(data, "evaluate_model") and "episodes" in inspect.signature(data.evaluate_model).parameters
+    if episodes and not plays:
+        raise UserError(f"--episodes applies to runs that play episodes or games; {run_dir} was trained on "
+                        f"data.source = '{cfg.data.source}'", "leave --episodes out")
     if hasattr(data, "evaluate_model"):  # a source that scores models its own way (replies, episodes, games)
         out = data.evaluate_model(model, split, **({"episodes": episodes} if episodes else {}))
         write_json(run_dir / f"eval_{split}.json", out)

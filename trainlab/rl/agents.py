@@ -39,10 +39,23 @@ class ObsNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        if not self.enabled or len(x) == 0:
+        """Add observations. Under torchrun every process calls this with its own and all apply the same update
+        (the batch statistics are summed over processes), so the statistics stay equal everywhere."""
+        if not self.enabled:
             return
         x = x.to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
-        b_mean, b_var, b = x.mean(0), x.var(0, unbiased=False), len(x)
+        sums = torch.cat([torch.tensor([float(len(x))], dtype=torch.float64, device=x.device), x.sum(0).flatten(),
+                          x.pow(2).sum(0).flatten()])
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums)
+        b = float(sums[0])
+        if b == 0:
+            return
+        k = self.mean.numel()
+        b_mean = (sums[1:1 + k] / b).reshape(self.mean.shape)
+        b_var = ((sums[1 + k:] / b).reshape(self.mean.shape) - b_mean.pow(2)).clamp_min(0)
         delta, total = b_mean - self.mean, self.count + b
         m2 = self.var * self.count + b_var * b + delta.pow(2) * self.count * b / total
         self.mean += delta * b / total
@@ -203,6 +216,14 @@ def log_prob(params: torch.Tensor, actions: torch.Tensor, discrete: bool) -> tor
     mean, log_std = params.float().chunk(2, -1)
     z = (actions - mean) / log_std.exp()
     return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def log_prob_entropy(params: torch.Tensor, actions: torch.Tensor, discrete: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both at once (one log-softmax for a discrete policy): what PPO's loss needs every step."""
+    if not discrete:
+        return log_prob(params, actions, False), entropy(params, False)
+    logp = torch.log_softmax(params.float(), -1)
+    return logp.gather(-1, actions.long()[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
 
 
 def entropy(params: torch.Tensor, discrete: bool) -> torch.Tensor:

@@ -4,7 +4,8 @@ at that time. `prepare` (called by the source, without gradients) turns a rollou
 advantages and returns with GAE.
 
     ratio = exp(log pi(a|s) - log pi_old(a|s))
-    policy loss  = mean(max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps)))   (A normalized per minibatch)
+    policy loss  = mean(max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps)))   (A normalized per minibatch: the
+                   source does it over the whole minibatch before splitting it into micro-batches)
     value loss   = mean((R - V(s))^2)            (V clipped around the old value with clip_range_vf > 0)
     loss = policy loss + vf_coef value loss - ent_coef entropy
 
@@ -21,7 +22,7 @@ from pydantic import Field
 
 from trainlab import registry
 from trainlab.config import ObjectiveTable
-from trainlab.rl.agents import entropy, log_prob
+from trainlab.rl.agents import log_prob_entropy
 
 
 class RLPPOTable(ObjectiveTable):
@@ -32,7 +33,7 @@ class RLPPOTable(ObjectiveTable):
     clip_range_vf: float = Field(0.0, ge=0)  # clip the value around the rollout's value (0 = no clipping)
     vf_coef: float = Field(0.5, ge=0)
     ent_coef: float = Field(0.0, ge=0)
-    normalize_advantage: bool = True  # per minibatch
+    normalize_advantage: bool = True  # per minibatch (this process's share of it under torchrun)
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
@@ -70,18 +71,16 @@ class RLPPO:
     def loss(self, model, batch):
         c = self.cfg
         params, value = model(batch["obs"])
-        logp = log_prob(params, batch["actions"], self.discrete)
+        logp, ent = log_prob_entropy(params, batch["actions"], self.discrete)
+        ent = ent.mean()
         log_ratio = logp - batch["logp"]
         ratio = log_ratio.exp()
-        adv = batch["advantages"]
-        if c.normalize_advantage and len(adv) > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        adv = batch["advantages"]  # normalized over the minibatch by the source when normalize_advantage is on
         policy_loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)).mean()
         value = value.float()
         if c.clip_range_vf:
             value = batch["values"] + (value - batch["values"]).clamp(-c.clip_range_vf, c.clip_range_vf)
         value_loss = (batch["returns"] - value).pow(2).mean()
-        ent = entropy(params, self.discrete).mean()
         loss = policy_loss + c.vf_coef * value_loss - c.ent_coef * ent
         with torch.no_grad():
             approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's low-variance estimator of KL(old || new)

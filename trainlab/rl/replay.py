@@ -104,6 +104,7 @@ class GymReplay(EnvSource):
     def __init__(self, cfg: ReplayTable):
         super().__init__(cfg, "gym_replay", ["observations", "transitions"])
         self.batches_per_epoch = cfg.gradient_steps  # an epoch of the loop is one round
+        self.counts_steps = True  # batches_per_epoch and the run's length are optimizer steps, whatever grad_accum
         self.planned_steps = planned_steps(cfg)
         if not self.planned_steps:
             raise UserError(f"data.env_steps = {cfg.env_steps} ends before data.learning_starts = "
@@ -119,6 +120,9 @@ def _seed(seed: int, rank: int, what: int) -> int:
 
 
 class ReplayStream:
+    # on_step's keys: where the source is (shown as they are at a logging step, not averaged)
+    state_metrics = ("epsilon", "episode_return", "episode_length", "episodes", "env_steps", "sps", "buffer_size")
+
     def __init__(self, data: GymReplay, seed: int, policy, plan):
         cfg = data.cfg
         self.data, self.cfg, self.seed, self.policy, self.plan = data, cfg, seed, policy, plan

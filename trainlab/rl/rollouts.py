@@ -108,22 +108,35 @@ class EnvSource:
             return envs_lib.to_env_actions(greedy(params, discrete).cpu().numpy(), action)
         return act
 
-    def episodes(self, act, split: str, n: int, seed_offset: int = 0) -> tuple[list[float], list[int]]:
-        """Returns and lengths of the first episode of each of n environments, with `act` choosing."""
-        e = envs_lib.Envs(self.cfg.env, n, self.episode_seed(split) + seed_offset, "sync", self.cfg.env_kwargs)
-        returns: list[float | None] = [None] * n
-        lengths = [0] * n
-        try:
-            obs = e.reset()
-            while any(r is None for r in returns):
-                before = e.returns.copy(), e.lengths.copy()
-                obs, reward, term, trunc, _, _ = e.step(act(obs))
-                for i in np.flatnonzero(term | trunc):
-                    if returns[i] is None:
-                        returns[i], lengths[i] = float(before[0][i] + reward[i]), int(before[1][i] + 1)
-        finally:
-            e.close()
-        return [float(r) for r in returns], lengths
+    def episodes(self, act, split: str, n: int, chunk: int = 64) -> tuple[list[float], list[int]]:
+        """Returns and lengths of n episodes (the first episode of environments 0..n-1 of the split's seeds), with
+        `act` choosing; `chunk` environments at a time. An environment without a time limit whose episodes do not
+        end within 100,000 steps is an error, not a hang."""
+        returns, lengths = [], []
+        cap = self.info.get("max_episode_steps") or 100_000
+        for first in range(0, n, chunk):
+            m = min(chunk, n - first)
+            e = envs_lib.Envs(self.cfg.env, m, self.episode_seed(split), "sync", self.cfg.env_kwargs, first=first)
+            got: list[tuple[float, int] | None] = [None] * m
+            try:
+                obs = e.reset()
+                for _ in range(cap):
+                    before = e.returns.copy(), e.lengths.copy()
+                    obs, reward, term, trunc, _, _ = e.step(act(obs))
+                    for i in np.flatnonzero(term | trunc):
+                        if got[i] is None:
+                            got[i] = float(before[0][i] + reward[i]), int(before[1][i] + 1)
+                    if all(g is not None for g in got):
+                        break
+                else:
+                    raise UserError(f"{self.cfg.env}: an evaluation episode did not end within {cap:,} steps (the "
+                                    "environment has no time limit)", "register it with max_episode_steps, or wrap "
+                                    "it in gymnasium.wrappers.TimeLimit")
+            finally:
+                e.close()
+            returns += [g[0] for g in got]
+            lengths += [g[1] for g in got]
+        return returns, lengths
 
     def validate(self, policy, limit: int = 0) -> dict[str, float]:
         with policy.gathered() as m:
@@ -142,7 +155,9 @@ class EnvSource:
         def random_act(obs):
             if space["kind"] == "discrete":
                 return rng.integers(0, space["n"], len(obs)) + space["start"]
-            return rng.uniform(space["low"], space["high"], (len(obs), space["dim"])).astype(np.float32)
+            low, high = np.asarray(space["low"]), np.asarray(space["high"])  # unbounded sides: within +-1
+            low, high = np.where(np.isfinite(low), low, -1.0), np.where(np.isfinite(high), high, 1.0)
+            return rng.uniform(low, high, (len(obs), space["dim"])).astype(np.float32)
 
         with torch.no_grad():
             returns, lengths = self.episodes(self.act_fn(model), split, n)
@@ -217,6 +232,9 @@ class GymRollouts(EnvSource):
 
 
 class RolloutStream:
+    # on_step's keys: where the source is (shown as they are at a logging step, not averaged)
+    state_metrics = ("episode_return", "episode_length", "episodes", "env_steps", "sps", "explained_variance")
+
     def __init__(self, data: GymRollouts, seed: int, policy, plan):
         cfg = data.cfg
         self.data, self.cfg, self.seed, self.policy, self.plan = data, cfg, seed, policy, plan
@@ -224,13 +242,12 @@ class RolloutStream:
         if cfg.num_envs % world:
             raise UserError(f"data.num_envs = {cfg.num_envs} does not split over {world} processes",
                             f"make it a multiple of {world}")
-        per_rollout = cfg.num_envs * cfg.rollout_steps * cfg.epochs_per_rollout
-        if per_rollout % plan.global_batch:
-            raise UserError(f"a rollout of data.num_envs x data.rollout_steps = {cfg.num_envs * cfg.rollout_steps} "
-                            f"transitions, data.epochs_per_rollout = {cfg.epochs_per_rollout} times, does not split "
+        size = cfg.num_envs * cfg.rollout_steps
+        if size % plan.global_batch:  # every pass over the rollout is whole minibatches: none spans two passes
+            raise UserError(f"a rollout of data.num_envs x data.rollout_steps = {size} transitions does not split "
                             f"into minibatches of {plan.global_batch} (data.batch_size x loop.grad_accum)",
-                            "make num_envs x rollout_steps x epochs_per_rollout a multiple of the batch")
-        self.steps_per_rollout = per_rollout // plan.global_batch
+                            "make num_envs x rollout_steps a multiple of the batch")
+        self.steps_per_rollout = size * cfg.epochs_per_rollout // plan.global_batch
         self.share = plan.hi - plan.lo  # this process's transitions per step
         self.objective = policy.objective
         if not hasattr(self.objective, "prepare"):
@@ -315,8 +332,13 @@ class RolloutStream:
             self.collect()
         ids = self.order[self.pos * self.share:(self.pos + 1) * self.share]
         self.pos += 1
+        batch = {k: v[ids] for k, v in self.rollout.items()}
+        if getattr(self.objective.cfg, "normalize_advantage", False) and len(ids) > 1:
+            # Over the whole minibatch (this process's share of it), not per micro-batch, as SB3 does.
+            adv = batch["advantages"]
+            batch["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
         part = self.share // self.plan.accum
-        return [{k: v[ids[i * part:(i + 1) * part]] for k, v in self.rollout.items()} for i in range(self.plan.accum)]
+        return [{k: v[i * part:(i + 1) * part] for k, v in batch.items()} for i in range(self.plan.accum)]
 
     def on_step(self, step: int, metrics: dict) -> dict[str, float]:
         elapsed = time.time() - self._t0

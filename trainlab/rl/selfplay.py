@@ -110,6 +110,7 @@ class SelfPlay:
                      "num_actions": self.game.num_actions, "capabilities": ["boards"],
                      "split_sizes": {"train": 0, "val": cfg.eval_games * len(self.opponents), "test": 0}}
         self.batch_size, self.batches_per_epoch = cfg.batch_size, cfg.steps_per_iteration
+        self.counts_steps = True  # batches_per_epoch and the run's length are optimizer steps, whatever grad_accum
 
     def count(self, batch):
         return len(batch["x"])
@@ -169,6 +170,9 @@ class SelfPlay:
 
 
 class SelfPlayStream:
+    # on_step's keys: where the source is (shown as they are at a logging step, not averaged)
+    state_metrics = ("iteration", "games", "buffer_size", "arena_score", "accepted", "selfplay_s", "arena_s")
+
     def __init__(self, data: SelfPlay, seed: int, policy, plan):
         self.data, self.cfg, self.game, self.policy, self.plan = data, data.cfg, data.game, policy, plan
         self.rng = np.random.default_rng(seed)  # self-play and arena moves, root noise
