@@ -25,12 +25,13 @@ def recipe_args(recipe: str, text_dir) -> list[str]:
     provides = registry.get("source", source).produces
     if source == "gym":  # 2 environments x 8 steps per rollout, 2 minibatch steps each; one evaluation episode
         return ["data.num_envs=2", "data.rollout_steps=8", "data.epochs_per_rollout=2", "data.batch_size=16",
-                "data.eval_episodes=1"]
+                "data.eval_episodes=1", "data.env_kwargs={max_episode_steps=50}"]  # short episodes, short GIFs
     if source == "selfplay":  # 4 games of 4 simulations per move per iteration, 2 games per validation match
         return ["data.games_per_iteration=4", "data.simulations=4", "data.steps_per_iteration=4", "data.eval_games=2",
                 "data.eval_simulations=4"]
     if source == "gym_replay":  # rounds of 8 steps and 2 updates after 16 random steps
-        return ["data.learning_starts=16", "data.train_freq=8", "data.gradient_steps=2", "data.eval_episodes=1"]
+        return ["data.learning_starts=16", "data.train_freq=8", "data.gradient_steps=2", "data.eval_episodes=1",
+                "data.env_kwargs={max_episode_steps=50}"]
     if not provides & {"tokens", "conversations", "preferences", "prompts"}:
         return []
     args = [f"data.cache_dir={text_dir / 'cache'}"] if "tokens" in provides else []

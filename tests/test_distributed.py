@@ -177,8 +177,7 @@ MOE = ["model.moe_experts=16", "model.moe_top_k=1", "data.block_size=4", "data.b
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["mlp-ddp", "mlp-fsdp", "mlp-ddp-two-machines", "gpt-ddp", "gpt-fsdp", "moe-ddp",
-                                  "moe-fsdp"])
+@pytest.mark.parametrize("case", ["mlp-ddp", "mlp-fsdp", "mlp-ddp-two-machines", "gpt-fsdp", "moe-ddp", "moe-fsdp"])
 def test_two_processes_follow_the_loss_curve_of_one(tmp_path, gpt, case):
     model, parallel, *where = case.split("-")
     args = {"mlp": MLP, "gpt": gpt, "moe": gpt + MOE}[model] + [f"loop.parallel={parallel}"]
@@ -426,8 +425,10 @@ def test_a_scaling_sweep_under_torchrun_trains_each_run_on_every_process(tmp_pat
 @pytest.mark.slow
 def test_ppo_under_torchrun_steps_half_the_environments_on_each_process(tmp_path):
     """Each process steps num_envs / 2 environments (their own seeds) and trains on its rollout's minibatches of
-    batch / 2; the logged environment steps and episodes are the whole run's."""
+    batch / 2; the logged environment steps and episodes are the whole run's. Observation statistics are summed
+    over the processes: both hold the same, so the first pass over each rollout has a ratio of exactly 1."""
     r = torchrun("cartpole-ppo", "data.env_steps=1024", "data.num_envs=4", "data.rollout_steps=64",
+                 "model.normalize_obs=true",
                  "data.epochs_per_rollout=2", "loop.eval_every=8", "data.eval_episodes=2", "--run-dir",
                  str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -435,3 +436,5 @@ def test_ppo_under_torchrun_steps_half_the_environments_on_each_process(tmp_path
     train = [x for x in rows if x["split"] == "train"]
     assert train[-1]["env_steps"] == 1024 and train[-1]["step"] == 8 and train[-1]["episodes"] > 0
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["processes"] == 2
+    first = [x for x in train if (x["step"] - 1) % 2 == 0]  # 2 steps per rollout: the first sees the old weights
+    assert len(first) == 4 and all(abs(x["approx_kl"]) < 1e-6 and x["clip_fraction"] == 0 for x in first), first

@@ -263,7 +263,7 @@ def test_a_sigkilled_ppo_run_resumes_exactly(tmp_path):
     import sys
     import time
 
-    args = ["cartpole-ppo", "data.env_steps=4096", "loop.eval_every=40", "loop.checkpoint_every=25",
+    args = ["cartpole-ppo", "data.env_steps=2048", "loop.eval_every=40", "loop.checkpoint_every=25",
             "data.eval_episodes=2", "loop.threads=1", "data.vectorize=async", "data.num_envs=4",
             "data.rollout_steps=64"]
     assert run_cli("train", *args, "--run-dir", str(tmp_path / "full")).returncode == 0
@@ -282,6 +282,7 @@ def test_a_sigkilled_ppo_run_resumes_exactly(tmp_path):
     assert comparable(tmp_path / "full") == comparable(killed)
 
 
+@pytest.mark.slow
 def test_eval_plays_deterministic_episodes_beside_a_random_policy_and_report_draws_returns(tmp_path):
     run = tmp_path / "r"
     loop.train(recipe("data.env_steps=256"), run)
