@@ -73,3 +73,22 @@ def train_killed_after(cfg, run_dir, step: int, monkeypatch) -> None:
     with pytest.raises(Killed):
         loop.train(cfg, run_dir)
     monkeypatch.setattr(checkpoint, "commit", real)
+
+
+def train_sigkilled(args: list[str], run_dir: Path, timeout: float = 120) -> None:
+    """`trainlab train ARGS --run-dir RUN_DIR` in a process of its own, killed with SIGKILL as soon as its first
+    checkpoint (checkpoints/last) exists: a machine lost at whatever point the run had reached."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *map(str, args), "--run-dir", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+    try:
+        deadline = time.time() + timeout
+        while not (run_dir / "checkpoints" / "last").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"

@@ -3,16 +3,14 @@ self-play source on the one loop (fixed metric keys, exact resume after a kill, 
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, run_cli, train_killed_after
+from tests.conftest import REPO, run_cli, train_killed_after, train_sigkilled
 from trainlab import config, loop
 from trainlab.rl import games, players
 from trainlab.rl.mcts import MCTS, uniform_evaluator
@@ -271,17 +269,7 @@ def test_selfplay_resumes_exactly_after_a_checkpoint(tmp_path, recipe_file, monk
 def test_selfplay_resumes_exactly_after_sigkill(tmp_path, recipe_file):
     over = ["loop.steps=24", "loop.eval_every=6", "data.steps_per_iteration=3"]
     loop.train(config.load_recipe(str(recipe_file), over), tmp_path / "full")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "trainlab", "train", str(recipe_file), *over, "--run-dir", str(tmp_path / "cut")]
-    p = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while not (tmp_path / "cut" / "checkpoints" / "last").exists() and time.time() < deadline:
-            time.sleep(0.02)
-        p.send_signal(signal.SIGKILL)
-    finally:
-        p.wait()
-    assert p.returncode == -signal.SIGKILL
+    train_sigkilled([recipe_file, *over], tmp_path / "cut")
     out = run_cli("train", str(recipe_file), *over, "--run-dir", str(tmp_path / "cut"), "--resume")
     assert out.returncode == 0, out.stderr
     assert comparable(tmp_path / "full") == comparable(tmp_path / "cut")

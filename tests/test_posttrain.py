@@ -17,7 +17,7 @@ from trainlab.objectives.dpo import DPO, DPOConfig
 from trainlab.objectives.grpo import group_advantages
 from trainlab.objectives.ppo import gae
 from trainlab.objectives.reward import BradleyTerry
-from tests.conftest import run_cli, train_killed_after
+from tests.conftest import run_cli, train_killed_after, train_sigkilled
 
 BASE = ["data.max_bytes=300000", "data.split=tail", "data.vocab_size=512", "data.block_size=64",
         "model.n_layer=2", "model.n_embd=32", "model.n_head=2", "loop.steps=4", "loop.eval_every=4",
@@ -280,24 +280,11 @@ def test_a_frozen_model_with_another_vocabulary_is_refused(chain, tmp_path):
 @pytest.mark.slow
 def test_a_sigkilled_run_of_four_models_resumes_exactly(chain, tmp_path):
     """The same with a real SIGKILL of a `trainlab train` process, at whatever point it has reached."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     args = ["tasks-ppo", f"model.init_from={chain / 'sft'}", f"data.reward_model={chain / 'rm'}", *SMALL,
             "loop.steps=40", "loop.eval_every=2", "data.prompts_per_round=4", "data.batch_size=4", "data.epochs_per_round=2"]
     assert run_cli("train", *args, "--run-dir", str(tmp_path / "full")).returncode == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args, "--run-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints/last").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    train_sigkilled(args, killed)
     r = run_cli("train", *args, "--run-dir", str(killed), "--resume")
     assert r.returncode == 0 and "resuming at step" in r.stdout, (r.stdout[-1500:], r.stderr)
 

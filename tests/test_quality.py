@@ -27,10 +27,10 @@ def test_diabetes_regression_beats_the_mean_baseline(tmp_path):
     assert result["metrics"]["r2"] > 0.1
 
 
-def _fit(recipe, run_dir):
+def _fit(recipe, run_dir, *overrides):
     from trainlab import classical
 
-    cfg = config.load_recipe(recipe)
+    cfg = config.load_recipe(recipe, list(overrides))
     with contextlib.redirect_stdout(io.StringIO()):
         (classical.fit if registry.fitted(cfg.model.kind) else loop.train)(cfg, run_dir)
     return evaluate_run(run_dir, "test")
@@ -50,6 +50,6 @@ def test_anomaly_detection_reaches_roc_auc_0_9_on_the_held_out_class(tmp_path):
 @pytest.mark.slow
 def test_vae_latent_clusters_are_compared_with_kmeans_on_raw_pixels(tmp_path):
     # The question, answered in every eval: the baseline column is k-means on the raw pixels.
-    result = _fit("digits-vae", tmp_path / "r")
+    result = _fit("digits-vae", tmp_path / "r", "loop.epochs=60")  # half the recipe: NMI 0.77, ARI 0.68 here
     assert result["baseline"]["name"].startswith("k-means (k=10) on the raw inputs")
     assert result["metrics"]["nmi"] > 0.6 and result["metrics"]["ari"] > 0.5

@@ -1,20 +1,15 @@
 """Exact resume: a run killed with SIGKILL after a checkpoint, then resumed, ends where the uninterrupted run does."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, train_sigkilled
 
 # digits-cnn with augmentation and dropout: every source of randomness must be restored for an exact match.
-ARGS = ["digits-cnn", "loop.max_steps=150", "loop.eval_every=10", "loop.log_every=10", "run.seed=5"]
+ARGS = ["digits-cnn", "loop.max_steps=80", "loop.eval_every=10", "loop.log_every=10", "run.seed=5"]
 
 
 def comparable(run_dir):
@@ -28,14 +23,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     r = run_cli("train", *ARGS, "--run-dir", str(full))
     assert r.returncode == 0, r.stderr
 
-    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *ARGS, "--run-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "last").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    train_sigkilled(ARGS, killed)
     assert json.loads((killed / "summary.json").read_text())["status"] == "running"
 
     r = run_cli("train", *ARGS, "--run-dir", str(killed), "--resume")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli, train_killed_after
+from tests.conftest import run_cli, train_killed_after, train_sigkilled
 from trainlab import config, loop
 from trainlab.rl import envs as envs_lib
 from trainlab.rl.agents import ActorCriticTable, ActorCritic, entropy, log_prob, sample
@@ -257,26 +257,12 @@ def test_ppo_learns_cartpole(tmp_path):
 
 @pytest.mark.slow
 def test_a_sigkilled_ppo_run_resumes_exactly(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     args = ["cartpole-ppo", "data.env_steps=2048", "loop.eval_every=40", "loop.checkpoint_every=25",
             "data.eval_episodes=2", "loop.threads=1", "data.vectorize=async", "data.num_envs=4",
             "data.rollout_steps=64"]
     assert run_cli("train", *args, "--run-dir", str(tmp_path / "full")).returncode == 0
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *args, "--run-dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints/last").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    train_sigkilled(args, killed)
     r = run_cli("train", *args, "--run-dir", str(killed), "--resume")
     assert r.returncode == 0 and "resuming at step" in r.stdout, (r.stdout[-1500:], r.stderr)
     assert comparable(tmp_path / "full") == comparable(killed)

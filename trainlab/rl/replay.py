@@ -43,10 +43,8 @@ and samples its share of the batch; DDP averages the gradients, so every process
 
 from __future__ import annotations
 
-import collections
 import copy
 import math
-import time
 from typing import Literal
 
 import numpy as np
@@ -56,7 +54,7 @@ from pydantic import Field, PositiveInt, model_validator
 from trainlab import registry
 from trainlab.errors import UserError
 from trainlab.rl import envs as envs_lib
-from trainlab.rl.rollouts import EnvSource, EnvTable, RewardScaler
+from trainlab.rl.rollouts import EnvSource, EnvTable, EpisodeStats, RewardScaler
 
 
 class ReplayTable(EnvTable):
@@ -161,9 +159,7 @@ class ReplayStream:
         gamma = getattr(getattr(policy.objective, "cfg", None), "gamma", 0.99)
         self.scaler = RewardScaler(self.local, gamma, cfg.clip_reward) if cfg.normalize_reward else None
         self.vec_steps = self.rounds = self.left = 0  # steps of every environment; rounds; updates left in this one
-        self.recent: collections.deque = collections.deque(maxlen=100)  # (return, length) of finished episodes
-        self.episodes_done = 0
-        self._t0, self._steps0 = time.time(), 0
+        self.stats = EpisodeStats(self.world)
 
     @property
     def epoch(self) -> int:
@@ -212,9 +208,7 @@ class ReplayStream:
                            torch.from_numpy(term))
                 seen.append(obs)
                 self.vec_steps += 1
-                for ret, length in finished:
-                    self.recent.append((ret, length))
-                    self.episodes_done += 1
+                self.stats.add(finished)
         model = self.policy.model
         if hasattr(model, "obs_norm"):  # the statistics move between rounds, never within a gradient step
             model.obs_norm.update(torch.cat(seen))
@@ -261,13 +255,7 @@ class ReplayStream:
     def on_step(self, step: int, metrics: dict) -> dict[str, float]:
         if step % self.cfg.target_update_interval == 0:
             self.update_target()
-        elapsed = time.time() - self._t0
-        rets = [r for r, _ in self.recent]
-        return {"epsilon": self.epsilon(),
-                "episode_return": float(np.mean(rets)) if rets else 0.0,
-                "episode_length": float(np.mean([n for _, n in self.recent])) if rets else 0.0,
-                "episodes": float(self.episodes_done * self.world), "env_steps": float(self.env_steps),
-                "sps": (self.env_steps - self._steps0) / max(elapsed, 1e-9),
+        return {"epsilon": self.epsilon(), **self.stats.metrics(self.env_steps),
                 "buffer_size": float(self.size * self.world)}
 
     # ------------------------------------------------------------------ resume
@@ -280,8 +268,8 @@ class ReplayStream:
                 "act_gen": self.act_gen.get_state(), "sample_gen": self.sample_gen.get_state(),
                 "target": {k: v.detach().cpu().clone() for k, v in self.target.state_dict().items()},
                 "envs": self.envs.state_dict(), "vec_steps": self.vec_steps, "rounds": self.rounds,
-                "left": self.left, "recent": torch.tensor(list(self.recent), dtype=torch.float64).reshape(-1, 2),
-                "episodes_done": self.episodes_done, "scaler": self.scaler.state_dict() if self.scaler else None}
+                "left": self.left, "episodes": self.stats.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None}
 
     def load_state_dict(self, state: dict) -> None:
         n = int(state["size"])
@@ -297,8 +285,6 @@ class ReplayStream:
         self.target.load_state_dict(state["target"])
         self.envs.load_state_dict(state["envs"])
         self.vec_steps, self.rounds, self.left = int(state["vec_steps"]), int(state["rounds"]), int(state["left"])
-        self.recent = collections.deque(((float(r), int(k)) for r, k in state["recent"].tolist()), maxlen=100)
-        self.episodes_done = int(state["episodes_done"])
+        self.stats.load_state_dict(state["episodes"], self.env_steps)
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self._t0, self._steps0 = time.time(), self.env_steps

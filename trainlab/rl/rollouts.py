@@ -219,6 +219,37 @@ class RewardScaler:
         self.mean, self.var, self.count = float(s["mean"]), float(s["var"]), float(s["count"])
 
 
+class EpisodeStats:
+    """What both environment streams log about their episodes: the mean return and length of the last 100
+    finished ones (SB3's ep_rew_mean window), how many finished (all processes), and environment steps per
+    second since the stream started or resumed."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.recent: collections.deque = collections.deque(maxlen=100)  # (return, length)
+        self.done = 0
+        self._t0, self._steps0 = time.time(), 0
+
+    def add(self, finished: list[tuple[float, int]]) -> None:
+        self.recent.extend(finished)
+        self.done += len(finished)
+
+    def metrics(self, env_steps: int) -> dict[str, float]:
+        rets = [r for r, _ in self.recent]
+        return {"episode_return": float(np.mean(rets)) if rets else 0.0,
+                "episode_length": float(np.mean([n for _, n in self.recent])) if rets else 0.0,
+                "episodes": float(self.done * self.world), "env_steps": float(env_steps),
+                "sps": (env_steps - self._steps0) / max(time.time() - self._t0, 1e-9)}
+
+    def state_dict(self) -> dict:
+        return {"recent": torch.tensor(list(self.recent), dtype=torch.float64).reshape(-1, 2), "done": self.done}
+
+    def load_state_dict(self, state: dict, env_steps: int) -> None:
+        self.recent = collections.deque(((float(r), int(n)) for r, n in state["recent"].tolist()), maxlen=100)
+        self.done = int(state["done"])
+        self._t0, self._steps0 = time.time(), env_steps
+
+
 class GymRollouts(EnvSource):
     def __init__(self, cfg: GymTable):
         super().__init__(cfg, "gym", ["observations", "rollouts"])
@@ -263,10 +294,8 @@ class RolloutStream:
         self.rollout: dict | None = None
         self.order: torch.Tensor | None = None
         self.pos = self.rollouts = 0
-        self.recent: collections.deque = collections.deque(maxlen=100)  # (return, length) of finished episodes
-        self.episodes_done = 0
+        self.stats = EpisodeStats(world)
         self.explained = 0.0
-        self._t0, self._steps0 = time.time(), 0
 
     @property
     def epoch(self) -> int:
@@ -308,9 +337,7 @@ class RolloutStream:
                 if trunc.any():  # a time limit: the episode's future is the value of its final observation
                     idx = np.flatnonzero(trunc)
                     next_values[t, idx] = m(torch.from_numpy(final[idx]).to(device))[1].float().cpu()
-                for ret, length in finished:
-                    self.recent.append((ret, length))
-                    self.episodes_done += 1
+                self.stats.add(finished)
             last = m(torch.from_numpy(e.obs).to(device))[1].float().cpu()
         following = torch.cat([values[1:], last[None]])
         next_values = torch.where(terminated | truncated, next_values, following)
@@ -341,18 +368,12 @@ class RolloutStream:
         return [{k: v[i * part:(i + 1) * part] for k, v in batch.items()} for i in range(self.plan.accum)]
 
     def on_step(self, step: int, metrics: dict) -> dict[str, float]:
-        elapsed = time.time() - self._t0
-        rets = [r for r, _ in self.recent]
-        return {"episode_return": float(np.mean(rets)) if rets else 0.0,
-                "episode_length": float(np.mean([n for _, n in self.recent])) if rets else 0.0,
-                "episodes": float(self.episodes_done * self.world), "env_steps": float(self.env_steps),
-                "sps": (self.env_steps - self._steps0) / max(elapsed, 1e-9), "explained_variance": self.explained}
+        return {**self.stats.metrics(self.env_steps), "explained_variance": self.explained}
 
     def state_dict(self) -> dict:
         return {"rollout": self.rollout, "order": self.order, "pos": self.pos, "rollouts": self.rollouts,
                 "gen": self.gen.get_state(), "envs": self.envs.state_dict(),
-                "recent": torch.tensor(list(self.recent), dtype=torch.float64).reshape(-1, 2),
-                "episodes_done": self.episodes_done, "explained": self.explained,
+                "episodes": self.stats.state_dict(), "explained": self.explained,
                 "scaler": self.scaler.state_dict() if self.scaler else None}
 
     def load_state_dict(self, state: dict) -> None:
@@ -360,8 +381,7 @@ class RolloutStream:
         self.pos, self.rollouts = int(state["pos"]), int(state["rollouts"])
         self.gen.set_state(state["gen"])
         self.envs.load_state_dict(state["envs"])
-        self.recent = collections.deque(((float(r), int(n)) for r, n in state["recent"].tolist()), maxlen=100)
-        self.episodes_done, self.explained = int(state["episodes_done"]), float(state["explained"])
+        self.stats.load_state_dict(state["episodes"], self.env_steps)
+        self.explained = float(state["explained"])
         if self.scaler and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        self._t0, self._steps0 = time.time(), self.env_steps
