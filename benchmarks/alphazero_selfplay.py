@@ -52,8 +52,8 @@ def curve(run_dir: Path, opponent: str) -> list[dict]:
             continue
         score, lost = r[f"score_vs_{opponent}"], r[f"losses_vs_{opponent}"]
         won = 2 * score - 1 + lost  # score = won + drawn / 2, won + drawn + lost = 1
-        out.append({"step": r["step"], "minutes": (r["time"] - t0) / 60, "wins": round(won, 4),
-                    "draws": round(1 - won - lost, 4), "losses": lost})
+        out.append({"step": r["step"], "minutes": (r["time"] - t0) / 60, "wins": round(won, 4) + 0.0,
+                    "draws": round(1 - won - lost, 4) + 0.0, "losses": lost})  # + 0.0: no "-0.0"
     return out
 
 
@@ -127,12 +127,18 @@ def main() -> None:
             print(f"minutes to never losing: {m:.2f}" if m is not None else "minutes to never losing: never")
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
+    write(results, args.threads)
 
+
+def write(results: dict, threads: int) -> None:
+    """The games measured now replace theirs in alphazero.json; the other games' results stay."""
     OUT.mkdir(parents=True, exist_ok=True)
+    old = json.loads((OUT / "alphazero.json").read_text()) if (OUT / "alphazero.json").is_file() else {}
+    results = {g: results.get(g, old.get(g)) for g in RECIPE if g in results or g in old}
     (OUT / "alphazero.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, OUT / "alphazero.png")
     lines = ["# AlphaZero self-play (benchmarks/alphazero_selfplay.py)", "",
-             f"From random weights, one process with {args.threads} CPU threads; validation is the current model "
+             f"From random weights, one process with {threads} CPU threads; validation is the current model "
              "(search without noise, the most visited move) against the reference player, half the games moving "
              "first. The final match plays the exported model (the best by loop.monitor).", "",
              "| game | recipe | training | final match | minutes to never losing (validation) |",
