@@ -10,10 +10,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on this project's machines the pinned version resolves to the local CPU wheel,
 	# while the open range in pyproject.toml alone would pull a multi-GB CUDA build.
-	# --no-compile: no bytecode for all of torch, transformers, ... at install (a minute here); Python compiles
-	# the modules a command imports, once, when it first imports them.
-	$(PY) -m pip install -q --no-compile "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q --no-compile -e ".[dev]"
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

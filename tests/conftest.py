@@ -81,9 +81,10 @@ def train_sigkilled(args: list[str], run_dir: Path, timeout: float = 120) -> Non
     import signal
     import time
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # The environment as it is (threads included): the killed run must compute exactly what the run it is
+    # compared with computes in this process.
     proc = subprocess.Popen([sys.executable, "-m", "trainlab", "train", *map(str, args), "--run-dir", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     try:
         deadline = time.time() + timeout
         while not (run_dir / "checkpoints" / "last").exists() and time.time() < deadline and proc.poll() is None:
