@@ -286,11 +286,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
             extra = stream.on_step(step, dict(zip(keys, row)))  # online sources: refresh rollouts, sync a target...
             if extra:
                 names = sorted(extra)  # the same keys on every rank, reduced in the same order
-                if all(isinstance(extra[k], (int, float)) for k in names):  # numbers from the host: one copy
-                    vals = torch.tensor([float(extra[k]) for k in names], dtype=means.dtype, device=means.device)
-                else:
-                    vals = torch.stack([torch.as_tensor(extra[k], dtype=means.dtype).to(means.device) for k in names])
-                vals = ctx.mean_tensor(vals)
+                vals = ctx.mean_tensor(torch.stack([torch.as_tensor(extra[k], dtype=means.dtype).to(means.device)
+                                                    for k in names]))
                 row, keys = torch.cat([row, vals]), keys + names
             pending.append((step, keys, row, {}))
             progress.tick(step)  # the bar moves every step; its numbers change at log points

@@ -51,6 +51,12 @@ class GlobalBatches:
                 for i in range(parts)]
 
 
+def micro_batches(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """A process's share of a step (tensors with the same first dimension) in `parts` equal micro-batches."""
+    n = len(next(iter(batch.values()))) // parts
+    return [{k: v[i * n:(i + 1) * n] for k, v in batch.items()} for i in range(parts)]
+
+
 class BatchStream(GlobalBatches):
     def __init__(self, split, batch_size: int, seed: int, augment: Augmentation | None = None):
         self.split, self.seed, self.augment = split, seed, augment

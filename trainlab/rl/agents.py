@@ -18,12 +18,20 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from pydantic import Field, PositiveInt
 from torch import nn
 
 from trainlab import registry
 from trainlab.config import NetworkTable
 from trainlab.errors import UserError
+
+
+def combine_moments(mean, var, count, b_mean, b_var, b):
+    """Mean, variance and count of everything seen, given theirs so far and a new batch's (Chan et al.'s
+    parallel update): floats or tensors alike."""
+    delta, total = b_mean - mean, count + b
+    return mean + delta * b / total, (var * count + b_var * b + delta * delta * count * b / total) / total, total
 
 
 class ObsNorm(nn.Module):
@@ -46,8 +54,6 @@ class ObsNorm(nn.Module):
         x = x.to(self.mean.device, torch.float64).reshape(-1, *self.mean.shape)
         sums = torch.cat([torch.tensor([float(len(x))], dtype=torch.float64, device=x.device), x.sum(0).flatten(),
                           x.pow(2).sum(0).flatten()])
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(sums)
         b = float(sums[0])
@@ -56,11 +62,8 @@ class ObsNorm(nn.Module):
         k = self.mean.numel()
         b_mean = (sums[1:1 + k] / b).reshape(self.mean.shape)
         b_var = ((sums[1 + k:] / b).reshape(self.mean.shape) - b_mean.pow(2)).clamp_min(0)
-        delta, total = b_mean - self.mean, self.count + b
-        m2 = self.var * self.count + b_var * b + delta.pow(2) * self.count * b / total
-        self.mean += delta * b / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
+        mean, var, count = combine_moments(self.mean, self.var, self.count, b_mean, b_var, b)
+        self.mean.copy_(mean), self.var.copy_(var), self.count.copy_(count)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:

@@ -52,6 +52,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from trainlab import registry
+from trainlab.data.batches import micro_batches
 from trainlab.errors import UserError
 from trainlab.rl import envs as envs_lib
 from trainlab.rl.rollouts import EnvSource, EnvTable, EpisodeStats, RewardScaler
@@ -226,8 +227,7 @@ class ReplayStream:
         next_obs = self.next_obs[idx]
         batch = {"obs": self.obs[idx], "actions": self.actions[idx], "rewards": self.rewards[idx],
                  "terminated": self.terminated[idx], "next_q": self.next_q(next_obs)}
-        part = self.share // self.plan.accum
-        return [{k: v[i * part:(i + 1) * part] for k, v in batch.items()} for i in range(self.plan.accum)]
+        return micro_batches(batch, self.plan.accum)
 
     @torch.no_grad()
     def next_q(self, next_obs: torch.Tensor) -> torch.Tensor:

@@ -33,9 +33,10 @@ from pydantic import Field, PositiveInt
 
 from trainlab import registry
 from trainlab.config import DataTable
+from trainlab.data.batches import micro_batches
 from trainlab.errors import UserError
 from trainlab.rl import envs as envs_lib
-from trainlab.rl.agents import greedy, log_prob, sample
+from trainlab.rl.agents import combine_moments, greedy, log_prob, sample
 
 
 class EnvTable(DataTable):
@@ -204,10 +205,8 @@ class RewardScaler:
 
     def __call__(self, reward: np.ndarray, done: np.ndarray) -> np.ndarray:
         self.ret = self.ret * self.gamma + reward
-        b_mean, b_var, b = float(self.ret.mean()), float(self.ret.var()), len(self.ret)
-        delta, total = b_mean - self.mean, self.count + b
-        self.var = (self.var * self.count + b_var * b + delta ** 2 * self.count * b / total) / total
-        self.mean, self.count = self.mean + delta * b / total, total
+        self.mean, self.var, self.count = combine_moments(self.mean, self.var, self.count, float(self.ret.mean()),
+                                                          float(self.ret.var()), len(self.ret))
         self.ret[done] = 0.0
         return np.clip(reward / math.sqrt(self.var + 1e-8), -self.clip, self.clip)
 
@@ -364,8 +363,7 @@ class RolloutStream:
             # Over the whole minibatch (this process's share of it), not per micro-batch, as SB3 does.
             adv = batch["advantages"]
             batch["advantages"] = (adv - adv.mean()) / (adv.std() + 1e-8)
-        part = self.share // self.plan.accum
-        return [{k: v[i * part:(i + 1) * part] for k, v in batch.items()} for i in range(self.plan.accum)]
+        return micro_batches(batch, self.plan.accum)
 
     def on_step(self, step: int, metrics: dict) -> dict[str, float]:
         return {**self.stats.metrics(self.env_steps), "explained_variance": self.explained}

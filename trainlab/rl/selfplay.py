@@ -42,6 +42,7 @@ from pydantic import Field, PositiveInt
 
 from trainlab import registry
 from trainlab.config import DataTable
+from trainlab.data.batches import micro_batches
 from trainlab.errors import UserError
 from trainlab.rl import games as games_lib
 from trainlab.rl import players
@@ -217,12 +218,10 @@ class SelfPlayStream:
             self._self_play()
         self.in_iteration += 1
         n = self.plan.batches * self.cfg.batch_size
-        idx = torch.randint(len(self.z), (n,), generator=self.gen)
+        idx = torch.randint(len(self.z), (n,), generator=self.gen)[self.plan.lo:self.plan.hi]  # the global draw
         batch = {"x": torch.from_numpy(self.game.encode(self.boards[idx].numpy())), "pi": self.pis[idx],
                  "z": self.z[idx]}
-        part = (self.plan.hi - self.plan.lo) // self.plan.accum
-        return [{k: v[self.plan.lo + i * part:self.plan.lo + (i + 1) * part] for k, v in batch.items()}
-                for i in range(self.plan.accum)]
+        return micro_batches(batch, self.plan.accum)
 
     def on_step(self, step, metrics):
         if self.in_iteration >= self.cfg.steps_per_iteration:  # the iteration's training is done: the arena
