@@ -61,8 +61,10 @@ def digit_score(answer: str, target: str) -> float:
 
 
 def score(model, tokenizer, problems: list[tuple[int, int]], batch: int = 256) -> dict:
-    """Greedy answers to `a+b=`: {"exact_match", "digit_accuracy", "problems"}. Prompts of one operand length
-    have one length in characters, so they batch without padding."""
+    """Greedy answers to `a+b=` at the start of a line, as every problem of the corpus is: {"exact_match",
+    "digit_accuracy", "problems"}. Without the newline, `3+4=` could as well be the end of `123+4=` (training
+    windows start anywhere in a line), and a larger model answers that. Prompts of one operand length have one
+    length in characters, so they batch without padding."""
     import torch
 
     from trainlab.generate import generate
@@ -80,7 +82,7 @@ def score(model, tokenizer, problems: list[tuple[int, int]], batch: int = 256) -
         for group in groups.values():
             for i in range(0, len(group), batch):
                 chunk = group[i:i + batch]
-                prompts = [tokenizer.encode(f"{a}+{b}=") for a, b in chunk]
+                prompts = [tokenizer.encode(f"\n{a}+{b}=") for a, b in chunk]
                 width = len(str(max(a + b for a, b in chunk))) + 1
                 for (a, b), ids in zip(chunk, generate(model, prompts, width, temperature=0, eos_id=stop)):
                     answer = tokenizer.decode(ids).split("\n")[0].strip()
