@@ -163,6 +163,10 @@ def test_a_finished_run_is_extended_by_a_longer_resume(tmp_path):
                                                      "loop.log_every=4"]), d, resume=True)
     with pytest.raises(UserError, match="differs from the run's config.toml in optim.lr$"):
         loop.train(config.load_recipe("digits-mlp", [*longer, "optim.lr=0.1"]), d, resume=True)
+    # The [sweep] table is a sweep's grid, not this run's training: a changed grid still resumes.
+    with pytest.raises(UserError, match="already at step 20"):
+        loop.train(config.load_recipe("digits-mlp", [*SHORT[:-2], "loop.max_steps=8", "loop.eval_every=4",
+                                                     "loop.log_every=4", 'sweep.sizes=["1x16"]']), d, resume=True)
 
 
 def test_the_progress_bar_moves_every_step(tmp_path, monkeypatch):

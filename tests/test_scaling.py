@@ -260,6 +260,42 @@ def test_a_sweep_of_a_model_that_is_not_a_language_model_is_refused(tmp_path):
     assert code == 2 and "trains language models" in err
 
 
+def test_the_recipes_sweep_table_gives_the_grid_and_the_command_line_wins_key_by_key(tmp_path):
+    from trainlab import config
+
+    recipe = tmp_path / "grid.toml"
+    base = config.find_recipe("stdlib-scaling").read_text().split("[sweep]")[0]
+    recipe.write_text(base + '[sweep]\nsizes = ["1x16", 30000, "2x32"]\ntokens = ["3k", 6e3]\nlrs = [1e-3]\n')
+    sw = sweep_lib.Sweep(tmp_path / "a", str(recipe), [], [])
+    assert [s.name for s in sw.sizes] == ["L1-C16", "L1-C48", "L2-C32"] and sw.budgets == [3000, 6000]
+    assert sw.budget_kind == "tokens" and sw.lrs == [1e-3] and sw.band == (0.0, math.inf)
+    # Each option given replaces its key; --flops replaces the table's budgets whatever their kind.
+    sw = sweep_lib.Sweep(tmp_path / "b", str(recipe), [], ["2x64"], flops=["1e12"], lrs=["2e-3"],
+                         tokens_per_param=(1, 1e6))
+    assert [s.name for s in sw.sizes] == ["L2-C64"] and sw.budget_kind == "flops" and sw.budgets == [1e12]
+    assert sw.lrs == [2e-3] and sw.band == (1, 1e6)
+    # Overrides reach the table like any key; a bad value names the key it came from.
+    sw = sweep_lib.Sweep(tmp_path / "c", str(recipe), ['sweep.tokens=["9k"]'], [])
+    assert sw.budgets == [9000]
+    for override, expect in (('sweep.tokens=["0"]', "sweep.tokens expects positive numbers"),
+                             ('sweep.sizes=["huge"]', "sweep.sizes expects positive numbers"),
+                             ('sweep.flops=["1e9"]', "got 3 sizes, 2 token and 1 FLOP budgets"),
+                             ("sweep.tokens_per_param=[5, 1]", "sweep.tokens_per_param expects LO < HI"),
+                             ("sweep.size=[1]", "sweep.size")):
+        with pytest.raises(UserError, match=expect):
+            sweep_lib.Sweep(tmp_path / "d", str(recipe), [override], [])
+    # A recipe without the table, and no options: one line saying what is missing.
+    code, _, err = cli("scaling", "sweep", "stdlib-gpt", "--out", str(tmp_path / "e"))
+    assert code == 2 and "a sweep needs sizes and either tokens or flops" in err and "[sweep] table" in err, err
+    # The bundled sweep recipe carries the benchmark's grid; --keys documents the table; ordinary runs' config.toml
+    # has no empty [sweep].
+    cfg = config.load_recipe("stdlib-scaling")
+    assert cfg.sweep.sizes and cfg.sweep.tokens and "[sweep]" in cfg.to_toml()
+    assert "[sweep]" not in config.load_recipe("stdlib-gpt").to_toml()
+    code, out, _ = cli("recipes", "--keys")
+    assert code == 0 and "sweep.tokens_per_param = null" in out and "[sweep]" in out
+
+
 def test_emergence_scores_exact_match_and_digits_on_problems_the_corpus_lacks(tmp_path, monkeypatch):
     from trainlab.scaling import emergence as em
 
@@ -285,16 +321,20 @@ def test_emergence_scores_exact_match_and_digits_on_problems_the_corpus_lacks(tm
         """A model that answers a + b + model.off, greedily."""
         out = []
         for p in prompts:
+            asked.append(tok.decode(p))
             a, b = tok.decode(p).rstrip("=").split("+")
             out.append(tok.encode(str(int(a) + int(b) + model.off)))
         return out
 
+    asked = []
     monkeypatch.setattr(gen, "generate", fake_generate)
     right, wrong = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
     right.off, wrong.off = 0, 1
     assert em.score(right, tok, problems)["exact_match"] == 1.0
     s = em.score(wrong, tok, [(12, 30)])  # 43 instead of 42: one digit of two
     assert s == {"exact_match": 0.0, "digit_accuracy": 0.5, "problems": 1}
+    # A problem is asked at the start of a line, as the corpus has it: `3+4=` alone could end `123+4=`.
+    assert asked[-1] == "\n12+30=" and all(q.startswith("\n") and q.count("\n") == 1 for q in asked)
 
 
 def _long_sweep(out: Path, cache: Path) -> list[str]:

@@ -150,6 +150,15 @@ class LoopConfig(Table):
         raise ValueError("must be one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
 
 
+class SweepConfig(Table):
+    """`trainlab scaling sweep`'s grid for this recipe; each option given on the command line wins over its key."""
+    sizes: list[str | float] | None = None  # non-embedding parameter counts ("20k", 1e6) or shapes ("2x64")
+    tokens: list[str | float] | None = None  # training tokens per run ("1M", 3e6); or flops, not both
+    flops: list[str | float] | None = None  # training FLOPs per run, C = 6 N D: an IsoFLOP grid
+    lrs: list[float] | None = None  # learning rates searched per size (unset: optim.lr x 0.5, 1, 2)
+    tokens_per_param: tuple[float, float] | None = None  # train only the cells with LO <= D / N <= HI
+
+
 class _TableInvalid(Exception):
     """A kind's table failed validation: carried out of pydantic (which would flatten a ValueError) whole."""
 
@@ -207,6 +216,7 @@ class Config(Table):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     loop: LoopConfig = LoopConfig()
+    sweep: SweepConfig = SweepConfig()  # read by `trainlab scaling sweep` only
 
     @model_validator(mode="before")
     @classmethod
@@ -230,7 +240,8 @@ class Config(Table):
         return self
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))  # None: unset (TOML has no null)
+        tables = self.model_dump(mode="json", exclude_none=True)  # None: unset (TOML has no null)
+        return tomli_w.dumps({k: v for k, v in tables.items() if v != {}})  # an unset [sweep] is left out
 
 
 # ---------------------------------------------------------------------------------------------- recipes

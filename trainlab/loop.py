@@ -156,8 +156,10 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     step, best, evals_since_best, wall_before, last_ckpt = 0, None, 0, 0.0, None
     if resume:
         saved = config.load_resolved(run_dir / "config.toml")
-        # model.target / objective.target only record where your own class came from (a script, a module)
-        changed = [k for k in config.diff(saved, cfg) if k not in ("model.target", "objective.target")]
+        # model.target / objective.target only record where your own class came from (a script, a module); the
+        # [sweep] table is the grid of `trainlab scaling sweep`, not this run's training (a grown grid resumes)
+        changed = [k for k in config.diff(saved, cfg)
+                   if k not in ("model.target", "objective.target") and not k.startswith("sweep.")]
         derived = {"loop.steps", "loop.eval_every", "loop.checkpoint_every"}  # follow from the length keys
         other = [k for k in changed if k not in LENGTH_KEYS and not (k in derived and set(changed) & set(LENGTH_KEYS))]
         if other:

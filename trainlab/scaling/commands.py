@@ -17,12 +17,14 @@ def add_parser(sub) -> None:
     w = ss.add_parser("sweep", help="train a grid of GPT sizes x token budgets (each an ordinary run folder)",
                       description="Train every (size, budget) of the grid, with a learning-rate search per size at "
                       "its smallest budget. Rerun the same command to continue; start several processes on one "
-                      "--out to share the work, or run it under torchrun (each run data-parallel).")
+                      "--out to share the work, or run it under torchrun (each run data-parallel). Options left out "
+                      "come from the recipe's [sweep] table (sizes, tokens or flops, lrs, tokens_per_param).")
     w.add_argument("recipe", help="a GPT recipe (e.g. stdlib-scaling): data, tokenizer, optimizer and schedule")
     w.add_argument("overrides", nargs="*", metavar="key.sub=value", help="recipe overrides for every run")
-    w.add_argument("--sizes", nargs="+", required=True, metavar="SIZE",
-                   help="non-embedding parameter counts (20k 100k 1M: the nearest GPT shape) or LAYERSxWIDTH (4x128)")
-    b = w.add_mutually_exclusive_group(required=True)
+    w.add_argument("--sizes", nargs="+", default=[], metavar="SIZE",
+                   help="non-embedding parameter counts (20k 100k 1M: the nearest GPT shape) or LAYERSxWIDTH (4x128); "
+                   "unset: the recipe's sweep.sizes")
+    b = w.add_mutually_exclusive_group()
     b.add_argument("--tokens", nargs="+", metavar="D", help="training tokens per run (e.g. 1M 3M 10M)")
     b.add_argument("--flops", nargs="+", metavar="C",
                    help="training FLOPs per run, C = 6 N D: an IsoFLOP grid, each size trains C / (6 N) tokens")
@@ -73,7 +75,7 @@ def sweep_command(args) -> None:
               "Kaplan's L(N) and the IsoFLOP profiles 3 or more sizes; add --sizes or budgets to fit the laws",
               file=sys.stderr, flush=True)
     print(f"sweep of {args.recipe}: {len(sw.sizes)} sizes x {len(sw.budgets)} {sw.budget_kind} budgets"
-          f"{' in the band of tokens per parameter' if args.tokens_per_param else ''}, {len(sw.lrs)} learning "
+          f"{' in the band of tokens per parameter' if sw.band != (0.0, math.inf) else ''}, {len(sw.lrs)} learning "
           f"rates searched per size: {n} runs in {args.out}", flush=True)
     sw.run(quiet=not args.verbose)
     from trainlab import distributed

@@ -100,17 +100,22 @@ def shape_for(model_cfg, target: float, aspect: float = 32.0) -> Size:
     return best[1]
 
 
-def parse_size(model_cfg, text: str) -> Size:
+def parse_size(model_cfg, text: str, option: str = "--sizes") -> Size:
     """'4x128' (layers x width) or a parameter count ('50k', '1M')."""
     m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)
     if m:
         n_layer, n_embd = int(m[1]), int(m[2])
         head = 16 if n_embd < 256 else 32
         if n_layer < 1 or n_embd < 2 or n_embd % 2:
-            raise UserError(f"--sizes: {text!r} needs layers >= 1 and an even width", "e.g. --sizes 2x64 4x128")
+            raise UserError(f"{option}: {text!r} needs layers >= 1 and an even width", "e.g. --sizes 2x64 4x128")
         n_head = n_embd // head if n_embd % head == 0 else 1
         return Size(n_layer, n_embd, n_head, count_params(model_cfg, n_layer, n_embd, n_head))
-    return shape_for(model_cfg, parse_number(text, "--sizes"))
+    return shape_for(model_cfg, parse_number(text, option))
+
+
+def _text(value: str | float) -> str:
+    """A grid value as the command line would give it (a [sweep] table may hold numbers)."""
+    return value if isinstance(value, str) else repr(value)
 
 
 @dataclass
@@ -136,18 +141,35 @@ class Sweep:
         if self.cfg.model.kind != "gpt" or self.cfg.model.head != "lm":
             raise UserError(f"a scaling sweep trains language models (model.kind = 'gpt', head 'lm'); {recipe} "
                             f"has model.kind = '{self.cfg.model.kind}'", "sweep a GPT recipe, e.g. stdlib-scaling")
+        # The recipe's [sweep] table fills what the command line leaves out (the budgets as one: --tokens or
+        # --flops given replaces both of the table's); errors name where the value came from.
+        table = self.cfg.sweep
+        sizes, size_key = (sizes, "--sizes") if sizes else (table.sizes or [], "sweep.sizes")
+        if not (tokens or flops):
+            tokens, flops = table.tokens or [], table.flops or []
+            budget_key = "sweep."
+        else:
+            budget_key = "--"
+        lrs, lr_key = (lrs, "--lrs") if lrs else (table.lrs or [], "sweep.lrs")
+        if tokens_per_param is None and table.tokens_per_param is not None:
+            tokens_per_param, band_key = table.tokens_per_param, "sweep.tokens_per_param"
+        else:
+            band_key = "--tokens-per-param"
         if not sizes or not (tokens or flops) or (tokens and flops):
-            raise UserError("a sweep needs --sizes and either --tokens or --flops (not both)",
-                            "e.g. --sizes 20k 100k 500k --flops 1e12 3e12 1e13")
-        self.sizes = sorted({parse_size(self.cfg.model, s) for s in sizes}, key=lambda s: s.params)
+            raise UserError(f"a sweep needs sizes and either tokens or flops (not both); got {len(sizes)} sizes, "
+                            f"{len(tokens)} token and {len(flops)} FLOP budgets (command line and [sweep] table)",
+                            "give --sizes and --tokens or --flops, e.g. --sizes 20k 100k 500k --flops 1e12 3e12 "
+                            "1e13, or the same keys in the recipe's [sweep] table")
+        self.sizes = sorted({parse_size(self.cfg.model, _text(s), size_key) for s in sizes}, key=lambda s: s.params)
         self.budget_kind = "tokens" if tokens else "flops"
-        self.budgets = sorted({parse_number(b, "--" + self.budget_kind) for b in (tokens or flops)})
-        self.lrs = sorted({parse_number(x, "--lrs") for x in lrs}) or [self.cfg.optim.lr * f for f in (0.5, 1, 2)]
+        self.budgets = sorted({parse_number(_text(b), budget_key + self.budget_kind) for b in (tokens or flops)})
+        self.lrs = (sorted({parse_number(_text(x), lr_key) for x in lrs})
+                    or [self.cfg.optim.lr * f for f in (0.5, 1, 2)])
         # An IsoFLOP grid is a band around the optimum: the cells far off it (a tiny model on a huge budget) cost
         # the most and say the least; --tokens-per-param LO HI keeps the cells with LO <= D / N <= HI.
         self.band = tuple(tokens_per_param) if tokens_per_param else (0.0, math.inf)
         if not (0 <= self.band[0] < self.band[1]):
-            raise UserError(f"--tokens-per-param expects LO < HI, both >= 0; got {self.band[0]:g} {self.band[1]:g}",
+            raise UserError(f"{band_key} expects LO < HI, both >= 0; got {self.band[0]:g} {self.band[1]:g}",
                             "e.g. --tokens-per-param 3 300")
         if not self.grid():
             raise UserError(f"no (size, budget) of the grid has between {self.band[0]:g} and {self.band[1]:g} tokens "
