@@ -279,8 +279,9 @@ def test_the_recipes_sweep_table_gives_the_grid_and_the_command_line_wins_key_by
     assert sw.budgets == [9000]
     for override, expect in (('sweep.tokens=["0"]', "sweep.tokens expects positive numbers"),
                              ('sweep.sizes=["huge"]', "sweep.sizes expects positive numbers"),
-                             ('sweep.flops=["1e9"]', "got 3 sizes, 2 token and 1 FLOP budgets"),
+                             ('sweep.flops=["1e9"]', "got 3 size\\(s\\), 2 token and 1 FLOP budget\\(s\\)"),
                              ("sweep.tokens_per_param=[5, 1]", "sweep.tokens_per_param expects LO < HI"),
+                             ("sweep.tokens_per_param=[5]", "must be two numbers"),
                              ("sweep.size=[1]", "sweep.size")):
         with pytest.raises(UserError, match=expect):
             sweep_lib.Sweep(tmp_path / "d", str(recipe), [override], [])

@@ -156,7 +156,14 @@ class SweepConfig(Table):
     tokens: list[str | float] | None = None  # training tokens per run ("1M", 3e6); or flops, not both
     flops: list[str | float] | None = None  # training FLOPs per run, C = 6 N D: an IsoFLOP grid
     lrs: list[float] | None = None  # learning rates searched per size (unset: optim.lr x 0.5, 1, 2)
-    tokens_per_param: tuple[float, float] | None = None  # train only the cells with LO <= D / N <= HI
+    tokens_per_param: list[float] | None = None  # [LO, HI]: train only the cells with LO <= D / N <= HI
+
+    @field_validator("tokens_per_param")
+    @classmethod
+    def _two_numbers(cls, v):
+        if v is not None and len(v) != 2:
+            raise ValueError("must be two numbers [LO, HI]")
+        return v
 
 
 class _TableInvalid(Exception):

@@ -43,6 +43,7 @@ def parse_number(text: str, option: str) -> float:
         v = math.nan
     if not (math.isfinite(v) and v > 0):
         raise UserError(f"{option} expects positive numbers such as 20k, 1.5M or 3e12; got {text!r}",
+                        f'e.g. {option} = ["1M", "3M", "10M"]' if option.startswith("sweep.") else
                         f"e.g. {option} 1M 3M 10M")
     return v
 
@@ -156,8 +157,8 @@ class Sweep:
         else:
             band_key = "--tokens-per-param"
         if not sizes or not (tokens or flops) or (tokens and flops):
-            raise UserError(f"a sweep needs sizes and either tokens or flops (not both); got {len(sizes)} sizes, "
-                            f"{len(tokens)} token and {len(flops)} FLOP budgets (command line and [sweep] table)",
+            raise UserError(f"a sweep needs sizes and either tokens or flops (not both); got {len(sizes)} size(s), "
+                            f"{len(tokens)} token and {len(flops)} FLOP budget(s) (command line and [sweep] table)",
                             "give --sizes and --tokens or --flops, e.g. --sizes 20k 100k 500k --flops 1e12 3e12 "
                             "1e13, or the same keys in the recipe's [sweep] table")
         self.sizes = sorted({parse_size(self.cfg.model, _text(s), size_key) for s in sizes}, key=lambda s: s.params)
