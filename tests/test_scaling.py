@@ -275,8 +275,8 @@ def test_the_recipes_sweep_table_gives_the_grid_and_the_command_line_wins_key_by
     assert [s.name for s in sw.sizes] == ["L2-C64"] and sw.budget_kind == "flops" and sw.budgets == [1e12]
     assert sw.lrs == [2e-3] and sw.band == (1, 1e6)
     # Overrides reach the table like any key; a bad value names the key it came from.
-    sw = sweep_lib.Sweep(tmp_path / "c", str(recipe), ['sweep.tokens=["9k"]'], [])
-    assert sw.budgets == [9000]
+    sw = sweep_lib.Sweep(tmp_path / "c", str(recipe), ['sweep.tokens=["9k"]', "data.batch_size=8"], [])
+    assert sw.budgets == [9000] and sw.overrides == ["data.batch_size=8"]  # the runs' overrides: no grid keys
     for override, expect in (('sweep.tokens=["0"]', "sweep.tokens expects positive numbers"),
                              ('sweep.sizes=["huge"]', "sweep.sizes expects positive numbers"),
                              ('sweep.flops=["1e9"]', "got 3 size\\(s\\), 2 token and 1 FLOP budget\\(s\\)"),

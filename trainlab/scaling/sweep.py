@@ -137,8 +137,11 @@ class Sweep:
         from trainlab import config
 
         self.out = Path(out)
-        self.recipe, self.overrides = recipe, list(overrides)
-        self.cfg = config.load_recipe(recipe, self.overrides)
+        self.cfg = config.load_recipe(recipe, list(overrides))
+        # The runs' overrides: sweep.* keys change the grid (like --sizes), not how a run trains, so a sweep
+        # continued with other sweep.* overrides is the same sweep.
+        self.recipe = recipe
+        self.overrides = [o for o in overrides if not o.strip().startswith("sweep.")]
         if self.cfg.model.kind != "gpt" or self.cfg.model.head != "lm":
             raise UserError(f"a scaling sweep trains language models (model.kind = 'gpt', head 'lm'); {recipe} "
                             f"has model.kind = '{self.cfg.model.kind}'", "sweep a GPT recipe, e.g. stdlib-scaling")
