@@ -236,3 +236,49 @@ def test_language_model_eval_reports_perplexity_and_bits_per_byte(tmp_path, text
     m, b = out["metrics"], out["baseline"]
     assert set(m) == {"loss", "perplexity", "bits_per_byte"} and m["perplexity"] == pytest.approx(2.718281828 ** m["loss"])
     assert m["loss"] < b["loss"]  # 60 steps already beat unigram frequencies
+
+
+USAGE_MISTAKES = [  # argparse's own message, prefixed by the sub-command, and the help to read
+    (["scaling", "sweep", "stdlib-scaling", "--sizez", "1x16", "--out", "x"],
+     "error: trainlab scaling sweep: unrecognized arguments: --sizez 1x16",
+     "hint: did you mean --sizes? see trainlab scaling sweep --help"),
+    (["train", "digits-mlp", "--run-dri", "d"],
+     "error: trainlab train: unrecognized arguments: --run-dri d",
+     "hint: did you mean --run-dir? see trainlab train --help"),
+    (["scaling", "sweep", "stdlib-scaling"],
+     "error: trainlab scaling sweep: the following arguments are required: --out",
+     "hint: trainlab scaling sweep --help"),
+    (["scaling", "fit", "points.csv", "--bootstrap", "x"],
+     "error: trainlab scaling fit: argument --bootstrap: invalid int value: 'x'",
+     "hint: trainlab scaling fit --help"),
+    (["scaling", "sweep", "stdlib-scaling", "--tokens", "1k", "--flops", "1e9", "--out", "x"],
+     "error: trainlab scaling sweep: argument --flops: not allowed with argument --tokens",
+     "hint: trainlab scaling sweep --help"),
+    (["trian", "digits-mlp"],
+     "error: trainlab: argument COMMAND: invalid choice: 'trian' (choose from 'train', 'eval', 'sample', 'report', "
+     "'predict', 'export', 'scaling', 'plan', 'play', 'recipes')",
+     "hint: did you mean train? see trainlab --help"),
+    (["scaling"],
+     "error: trainlab scaling: the following arguments are required: SUBCOMMAND",
+     "hint: trainlab scaling --help"),
+    (["sample", "run", "--top-k"],
+     "error: trainlab sample: argument --top-k: expected one argument",
+     "hint: trainlab sample --help"),
+    (["eval", "run", "--split", "tset"],
+     "error: trainlab eval: argument --split: invalid choice: 'tset' (choose from 'val', 'test')",
+     "hint: did you mean test? see trainlab eval --help"),
+]
+
+
+@pytest.mark.parametrize("args,error,hint", USAGE_MISTAKES, ids=[" ".join(a) for a, _, _ in USAGE_MISTAKES])
+def test_usage_mistakes_are_one_error_line_with_a_hint_and_status_2(args, error, hint):
+    r = run_cli(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.splitlines() == [error, hint]
+    assert "usage:" not in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_help_is_still_argparses():
+    for args in (["--help"], ["scaling", "sweep", "--help"], ["plan", "--help"]):
+        r = run_cli(*args)
+        assert r.returncode == 0 and r.stdout.startswith("usage: trainlab") and r.stderr == ""

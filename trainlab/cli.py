@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import re
@@ -13,8 +14,51 @@ from pathlib import Path
 from trainlab.errors import UserError
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the house format for usage mistakes: `error: PROG: MESSAGE` and `hint: ...`, status 2, no
+    usage block. Sub-commands get it too: `add_subparsers` makes its parsers of the class of the parser it is
+    called on, so the parsers added in other modules (`trainlab scaling`, `trainlab plan`) need no change."""
+
+    def error(self, message: str, hint: str = ""):
+        message = " ".join(message.split())  # one line, whatever argparse wrapped
+        if not hint:
+            guess = self._did_you_mean(message)
+            hint = f"did you mean {guess}? see {self.prog} --help" if guess else f"{self.prog} --help"
+        self.exit(2, f"error: {self.prog}: {message}\nhint: {hint}\n")
+
+    def unrecognized(self, extra: list[str]):
+        """The error for arguments no parser took; `self` is the (sub-)parser the command line chose."""
+        options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        guess = next((m[0] for a in extra if a.startswith("--")
+                      for m in [difflib.get_close_matches(a.split("=", 1)[0], options, n=1)] if m), "")
+        self.error(f"unrecognized arguments: {' '.join(extra)}",
+                   f"did you mean {guess}? see {self.prog} --help" if guess else "")
+
+    def _did_you_mean(self, message: str) -> str:
+        """For `invalid choice: 'X'` (a sub-command or an option's value): the closest choice, if one is close."""
+        m = re.match(r"argument (.+?): invalid choice: '(.*?)' \(choose from", message)
+        if not m:
+            return ""
+        for action in self._actions:
+            names = {action.metavar, action.dest, "/".join(action.option_strings)}
+            if action.choices and m[1] in names:
+                close = difflib.get_close_matches(m[2], [str(c) for c in action.choices], n=1)
+                return close[0] if close else ""
+        return ""
+
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost sub-parser that parsed `args` (`trainlab scaling sweep`'s for `scaling sweep ...`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None)
+            if name in action.choices:
+                return _chosen(action.choices[name], args)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trainlab", description="Train AI models end to end with one training loop.")
+    p = Parser(prog="trainlab", description="Train AI models end to end with one training loop.")
     p.add_argument("--debug", action="store_true", help="show the full traceback of errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -240,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides after an option (`train R --run-dir D key=value`) are still overrides
         if args.command != "train" or any("=" not in a or a.startswith("-") for a in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _chosen(parser, args).unrecognized(extra)
         args.overrides += extra
     handler = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "report": cmd_report,
                "predict": cmd_predict, "export": cmd_export, "recipes": cmd_recipes, "scaling": cmd_scaling,
