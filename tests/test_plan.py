@@ -145,7 +145,9 @@ def test_law_from_file(tmp_path):
     ({"flops": -1e21}, "got -1e+21"),
     ({"flops": math.inf}, "got inf"),
     ({"flops": math.nan}, "got nan"),
-    ({"params": 7e9}, "needs a budget or a model"),
+    ({"params": 7e9}, "--params alone is neither a budget nor a whole model"),
+    ({"tokens": 7e9}, "--tokens alone is neither a budget nor a whole model"),
+    ({"gpu": "h100", "gpus": 8}, "an accelerator gives the speed, not the budget"),
     ({}, "needs a budget or a model"),
     ({"flops": 1e21, "params": 1e9, "tokens": 1e10}, "give one compute budget"),
     ({"flops": 1e21, "gpu": "h100", "hours": 1}, "give one compute budget"),
@@ -235,7 +237,8 @@ def test_cli_bad_law_files(tmp_path):
 
 def test_cli_needs_a_budget_or_a_model():
     one_error(run_cli("plan"), "needs a budget or a model", "--flops C")
-    one_error(run_cli("plan", "--params", "7e9"), "needs a budget or a model")
+    one_error(run_cli("plan", "--params", "7e9"), "--params alone is neither a budget nor a whole model",
+              "add --tokens D to cost that model")
 
 
 def test_cuda_device_names_map_to_their_accelerator_for_mfu():

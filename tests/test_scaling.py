@@ -128,19 +128,64 @@ def test_bad_points_are_one_line_errors(tmp_path, rows, expect):
 
 def test_points_that_cannot_be_fitted_say_why(tmp_path):
     true = law_lib.EPOCH
+    # Where only the parametric law is out of reach, the rest is still the answer, with the reason as a note.
     one = synthetic(tmp_path / "one.csv", true, [1e8], np.geomspace(1e9, 1e11, 8))
-    code, _, err = cli("scaling", "fit", str(one))
-    assert code == 2 and "every point has the same size" in err
+    code, out, err = cli("scaling", "fit", str(one))
+    assert code == 0 and "note: L(N, D) not fitted: every point has the same size" in out and "L(D): alpha" in out
     few = synthetic(tmp_path / "few.csv", true, [1e8, 1e9], [1e9, 1e10])
-    code, _, err = cli("scaling", "fit", str(few))
-    assert code == 2 and "needs at least 6 points; got 4" in err
+    code, out, err = cli("scaling", "fit", str(few), "--json")
+    r = json.loads(out)
+    assert code == 0 and "E" not in r and "needs at least 6 points; got 4" in r["parametric"]["skipped"]
+    assert r["approach3"] == {"skipped": "no parametric law"} and "alpha" in r["kaplan"]["C"]
+    (tmp_path / "few.json").write_text(out)  # such a fit is no law to plan with, and --predict needs one
+    code, _, err = cli("plan", "--flops", "1e20", "--law", str(tmp_path / "few.json"))
+    assert code == 2 and "holds no parametric law L(N, D)" in err and err.count("\n") == 2, err
+    code, _, err = cli("scaling", "fit", str(few), "--predict", "1e9", "1e10")
+    assert code == 2 and "--predict needs the parametric law L(N, D)" in err, err
     flat = tmp_path / "flat.csv"  # loss that does not fall with size: degenerate, not a nonsense law
     flat.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{3 + 1e3 / d ** 0.3}\n" for n in (1e6, 1e7, 1e8)
                                                         for d in (1e9, 1e10, 1e11)))
-    code, _, err = cli("scaling", "fit", str(flat), "--bootstrap", "0")
-    assert code == 2 and "degenerate: alpha" in err
+    code, out, err = cli("scaling", "fit", str(flat), "--bootstrap", "0")
+    assert code == 0 and "not fitted: the fit is degenerate: alpha" in out and "its 3 values span 100x" in out
+    # Points that determine nothing at all are an error: the parametric law's reason.
+    two = tmp_path / "two.csv"
+    two.write_text("params,tokens,loss\n1e6,1e9,3.0\n2e6,1e9,2.9\n")
+    code, out, err = cli("scaling", "fit", str(two))
+    assert code == 2 and "needs at least 6 points; got 2" in err and out == "", err
     code, _, err = cli("scaling", "fit", str(tmp_path / "missing.csv"))
     assert code == 2 and "does not exist" in err
+
+
+def test_runs_left_out_by_a_limit_are_predicted_and_compared(tmp_path):
+    true = law_lib.EPOCH
+    f = synthetic(tmp_path / "p.csv", true, np.geomspace(1e7, 1e9, 5), np.geomspace(1e9, 1e11, 4))
+    code, out, err = cli("scaling", "fit", str(f), "--bootstrap", "0", "--max-params", "5e8", "--predict", "1e9",
+                         "1e11", "--predict", "2e9", "1e11", "--plots", str(tmp_path / "plots"))
+    assert code == 0, err
+    assert "runs left out of the fit, predicted by it:" in out and out.count("N = 1e+09, D = ") == 4
+    assert "(+0.0%)" in out or "(-0.0%)" in out
+    lines = [x for x in out.splitlines() if x.startswith("predicted loss of N = 1e+09 on D = 1e+11")]
+    assert len(lines) == 1 and "measured" in lines[0] and "left out of the fit" in lines[0]
+    assert "measured" not in next(x for x in out.splitlines() if x.startswith("predicted loss of N = 2e+09"))
+    assert (tmp_path / "plots" / "scaling_prediction.png").is_file()
+    # A limit that leaves too few points says which option to raise.
+    code, _, err = cli("scaling", "fit", str(f), "--max-flops", "1e17")
+    assert code == 2 and "got 1" in err and "--max-flops kept 1 of the 20 runs: raise it" in err, err
+
+
+def test_plan_says_when_it_extrapolates_a_fitted_law(tmp_path):
+    f = synthetic(tmp_path / "p.csv", law_lib.EPOCH, np.geomspace(1e7, 1e9, 5), np.geomspace(1e9, 1e11, 4))
+    code, out, _ = cli("scaling", "fit", str(f), "--bootstrap", "0", "--json")
+    fitted = json.loads(out)["fitted"]
+    assert code == 0 and fitted["params"] == [1e7, 1e9] and fitted["flops"] == [6e16, 6e20]
+    (tmp_path / "law.json").write_text(out)
+    code, out, _ = cli("plan", "--flops", "1e20", "--law", str(tmp_path / "law.json"))
+    assert code == 0 and "note:" not in out
+    code, out, _ = cli("plan", "--flops", "1e24", "--law", str(tmp_path / "law.json"), "--json")
+    notes = json.loads(out)["notes"]
+    assert code == 0 and notes[0].startswith("1e+24 FLOPs is 1.67e+03x outside the fitted runs (6e+16 to 6e+20)")
+    code, out, _ = cli("plan", "--flops", "1e24")  # a published law carries no range: no note
+    assert code == 0 and "note:" not in out
 
 
 def test_a_fit_that_does_not_converge_is_reported(tmp_path, monkeypatch):
@@ -229,7 +274,7 @@ def test_a_sweep_searches_the_learning_rate_at_each_sizes_smallest_budget(tmp_pa
     args[args.index("--lrs") + 2:args.index("--lrs") + 2] = ["1e-2", "1e4"]  # 1e4 diverges: an answer, not a crash
     code, stdout, err = cli(*args)
     assert code == 0, err
-    assert err.startswith("warning: 1 size(s) and 2 budget(s): L(N, D) needs 2 or more of each")
+    assert err.startswith("warning: 2 run(s) over 1 size(s) and 2 budget(s): L(N, D) needs 6 runs or more")
     assert "L1-C16-D3e03-lr1e04" in stdout and "diverged: the gradient norm became nan" in stdout
     runs = sorted(p.name for p in (out / "runs").iterdir())
     searched = [r for r in runs if "-D3e03-" in r]
@@ -258,6 +303,29 @@ def test_a_sweep_of_a_model_that_is_not_a_language_model_is_refused(tmp_path):
     code, _, err = cli("scaling", "sweep", "digits-mlp", "--sizes", "1x16", "--tokens", "1000",
                            "--out", str(tmp_path / "s"))
     assert code == 2 and "trains language models" in err
+
+
+def test_a_sweep_folder_is_checked_and_continued_with_the_union_of_its_grids(tmp_path):
+    args = (["1x16", "1x32"], ["3k", "6k"], [], ["1e-3", "2e-3"])
+    sw = sweep_lib.Sweep(tmp_path / "s", "stdlib-scaling", [], *args)
+    sw.write_meta()
+    # A second call with other rates keeps the first ones in each size's search (as it keeps sizes and budgets).
+    sw = sweep_lib.Sweep(tmp_path / "s", "stdlib-scaling", [], ["2x32"], ["3k"], [], ["4e-3"])
+    assert sw.lrs == [1e-3, 2e-3, 4e-3] and len(sw.sizes) == 3 and sw.budgets == [3000, 6000]
+    # A folder that is not a sweep's (an ordinary run, a file) is refused rather than written into.
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    for out, says in ((tmp_path / "run", "holds other files and no sweep.json"), (tmp_path / "run" / "summary.json",
+                                                                                   "is a file")):
+        with pytest.raises(UserError, match=says):
+            sweep_lib.Sweep(out, "stdlib-scaling", [], *args)
+    # An override given after an option is read by argparse as that option's value: say where it goes.
+    code, _, err = cli("scaling", "sweep", "stdlib-scaling", "--sizes", "1x16", "--tokens", "3k", "--lrs", "1e-3",
+                       "data.max_bytes=1000", "--out", str(tmp_path / "o"))
+    assert code == 2 and "got the recipe override 'data.max_bytes=1000'" in err and "before the options" in err
+    code, _, err = cli("scaling", "sweep", "stdlib-scaling", "--sizes", "1x16", "--tokens", "3k", "--lrs", "-1",
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "e.g. --lrs 1e-3 3e-3 1e-2" in err, err
 
 
 def test_the_recipes_sweep_table_gives_the_grid_and_the_command_line_wins_key_by_key(tmp_path):

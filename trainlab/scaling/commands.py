@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     b.add_argument("--flops", nargs="+", metavar="C",
                    help="training FLOPs per run, C = 6 N D: an IsoFLOP grid, each size trains C / (6 N) tokens")
     w.add_argument("--lrs", nargs="+", default=[], metavar="LR",
-                   help="learning rates searched per size (default: the recipe's optim.lr x 0.5, 1, 2)")
+                   help="learning rates searched per size (default: the recipe's sweep.lrs, else its optim.lr x "
+                   "0.5, 1, 2)")
     w.add_argument("--tokens-per-param", nargs=2, type=float, metavar=("LO", "HI"),
                    help="train only the cells with LO <= D / N <= HI (an IsoFLOP band around the optimum)")
     w.add_argument("--out", required=True, metavar="DIR", help="the sweep folder (continued when it exists)")
@@ -52,7 +53,8 @@ def add_parser(sub) -> None:
                    help="fit only the points with at most C training FLOPs (6 N D): predict the larger runs")
     f.add_argument("--predict", nargs=2, action="append", default=[], metavar=("N", "D"),
                    help="print the fitted law's loss for N parameters trained on D tokens (repeatable)")
-    f.add_argument("--plots", metavar="DIR", help="write the plots (loss vs compute, IsoFLOP, N_opt and D_opt) here")
+    f.add_argument("--plots", metavar="DIR", help="write the plots here: loss vs compute, IsoFLOP profiles, N_opt "
+                   "and D_opt, predicted vs measured loss (the runs --max-params / --max-flops left out starred)")
     f.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
 
 
@@ -68,21 +70,31 @@ def sweep_command(args) -> None:
 
     sw = Sweep(args.out, args.recipe, args.overrides, args.sizes, args.tokens or [], args.flops or [], args.lrs,
                args.tokens_per_param)
-    n = len(sw.jobs())
-    if len(sw.sizes) < 3 or len(sw.budgets) < 2:
+    grid = sw.grid()
+    cells = sum(len(ds) for _, ds in grid)
+    n_budgets = len({d for _, ds in grid for d in ds}) if sw.budget_kind == "tokens" else len(sw.budgets)
+    if len(grid) < len(sw.sizes):
+        print(f"warning: --tokens-per-param keeps {len(grid)} of the {len(sw.sizes)} sizes (the others have no "
+              "budget inside the band)", file=sys.stderr, flush=True)
+    if cells < 6 or len(grid) < 3 or n_budgets < 2:
         # The runs are still worth training (they are ordinary runs), but say now what they cannot answer.
-        print(f"warning: {len(sw.sizes)} size(s) and {len(sw.budgets)} budget(s): L(N, D) needs 2 or more of each, "
-              "Kaplan's L(N) and the IsoFLOP profiles 3 or more sizes; add --sizes or budgets to fit the laws",
-              file=sys.stderr, flush=True)
-    print(f"sweep of {args.recipe}: {len(sw.sizes)} sizes x {len(sw.budgets)} {sw.budget_kind} budgets"
+        print(f"warning: {cells} run(s) over {len(grid)} size(s) and {n_budgets} budget(s): L(N, D) needs 6 runs or "
+              "more over 2 sizes and 2 budgets or more, Kaplan's L(N) and the IsoFLOP profiles 3 sizes or more; "
+              "add sizes or budgets to fit every law", file=sys.stderr, flush=True)
+    kind = "token" if sw.budget_kind == "tokens" else "FLOP"
+    print(f"sweep of {args.recipe}: {len(grid)} size(s) x {len(sw.budgets)} {kind} budget(s)"
           f"{' in the band of tokens per parameter' if sw.band != (0.0, math.inf) else ''}, {len(sw.lrs)} learning "
-          f"rates searched per size: {n} runs in {args.out}", flush=True)
-    sw.run(quiet=not args.verbose)
+          f"rate(s) searched per size: {cells + sum(len(sw.lrs) - 1 for _ in grid)} runs to start with (a search "
+          f"whose best rate is at an edge adds more) in {args.out}", flush=True)
+    trained = sw.run(quiet=not args.verbose)
     from trainlab import distributed
 
     if distributed.rank() == 0:
+        for line in sw.edge_warnings():
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         out = sw.collect()
-        print(f"wrote {out}; fit it with: trainlab scaling fit {args.out}")
+        done = "" if trained else f"every run was already done ({len(sw.jobs())}); "
+        print(f"{done}wrote {out}; fit it with: trainlab scaling fit {args.out}")
 
 
 def _count(text: str, option: str) -> float:
@@ -114,25 +126,54 @@ def fit_command(args) -> None:
         keep[worst] = False
         keep &= np.array([not (r and r in dropped) for r in p.run])
         p = p.select(keep)
+    every = p  # the points before --max-params / --max-flops: the ones left out are predicted and compared
     if args.max_params:
         p = p.select(p.params <= args.max_params)
     if args.max_flops:  # a run's curve goes with its final point: a run is in the fit or out of it
         big = {r for r, c, f in zip(p.run, p.flops, p.final) if f and c > args.max_flops}
         p = p.select((p.flops <= args.max_flops) & np.array([not (r and r in big) for r in p.run]))
-    result = fit.fit_all(p, bootstrap=args.bootstrap, seed=args.seed)
-    predictions = []
-    if args.predict:
+    limits = " and ".join(o for o, v in (("--max-params", args.max_params), ("--max-flops", args.max_flops)) if v)
+    if limits and len(p.finals()) < len(every.finals()):
+        try:
+            result = fit.fit_all(p, bootstrap=args.bootstrap, seed=args.seed)
+        except UserError as e:
+            raise UserError(e.message, f"{limits} kept {len(p.finals())} of the {len(every.finals())} runs: raise "
+                            f"{'it' if ' and ' not in limits else 'them'} to fit more of them") from None
+    else:
+        result = fit.fit_all(p, bootstrap=args.bootstrap, seed=args.seed)
+    law = None
+    if "E" in result:
         from trainlab.scaling.law import Law
 
         law = Law.from_dict(result)
+    fitted = {(n, d, l) for n, d, l in zip(*(p.finals().params, p.finals().tokens, p.finals().loss))}
+    f = every.finals()
+    held = [i for i in range(len(f)) if (f.params[i], f.tokens[i], f.loss[i]) not in fitted]
+    if law and held:  # the runs the limits left out, predicted by the law fitted without them
+        result["held_out"] = [{"run": f.run[i], "params": float(f.params[i]), "tokens": float(f.tokens[i]),
+                               "measured": float(f.loss[i]), "predicted": law.loss(f.params[i], f.tokens[i]),
+                               "error_pct": 100 * (law.loss(f.params[i], f.tokens[i]) / f.loss[i] - 1)}
+                              for i in held]
+    if args.predict:
+        if law is None:
+            raise UserError(f"--predict needs the parametric law L(N, D), which these points do not determine: "
+                            f"{result['parametric']['skipped']}", "train more sizes and token budgets")
+        predictions = []
         for n_text, d_text in args.predict:
             n, d = _count(n_text, "--predict N"), _count(d_text, "--predict D")
-            predictions.append({"params": n, "tokens": d, "loss": law.loss(n, d)})
+            q = {"params": n, "tokens": d, "loss": law.loss(n, d)}
+            # A trained run of this size and budget (within 1%: runs train whole steps) is compared with it.
+            match = [i for i in range(len(f)) if abs(f.params[i] / n - 1) < 0.01 and abs(f.tokens[i] / d - 1) < 0.01]
+            if match:
+                i = match[0]
+                q.update(run=f.run[i], measured=float(f.loss[i]), error_pct=100 * (q["loss"] / f.loss[i] - 1),
+                         in_fit=i not in held)
+            predictions.append(q)
         result["predictions"] = predictions
     if args.plots:
         from trainlab.scaling import plots
 
-        result["plots"] = [str(x) for x in plots.write_all(p, result, Path(args.plots))]
+        result["plots"] = [str(x) for x in plots.write_all(every, result, Path(args.plots), held)]
     print(json.dumps(_clean(result), indent=2) if args.json else table(result))
 
 
@@ -151,12 +192,15 @@ def table(r: dict) -> str:
     from trainlab.scaling.law import EPOCH, HOFFMANN, KEYS, PUBLISHED_EXPONENTS
 
     se = r.get("se") or {}
-    lines = [f"L(N, D) = E + A / N^alpha + B / D^beta, fitted to {r['fit']['points']} points "
-             f"({r['fit']['converged']} of {r['fit']['starts']} starts converged)",
-             f"{'':8}{'fit':>12}{'std err':>12}{'Hoffmann':>12}{'Epoch':>12}"]
-    for k in KEYS:
-        s = f"{se[k]:>12.4g}" if k in se else f"{'':>12}"
-        lines.append(f"{k:<8}{r[k]:>12.4g}{s}{getattr(HOFFMANN, k):>12.4g}{getattr(EPOCH, k):>12.4g}")
+    if "E" in r:
+        lines = [f"L(N, D) = E + A / N^alpha + B / D^beta, fitted to {r['fit']['points']} points "
+                 f"({r['fit']['converged']} of {r['fit']['starts']} starts converged)",
+                 f"{'':8}{'fit':>12}{'std err':>12}{'Hoffmann':>12}{'Epoch':>12}"]
+        for k in KEYS:
+            s = f"{se[k]:>12.4g}" if k in se else f"{'':>12}"
+            lines.append(f"{k:<8}{r[k]:>12.4g}{s}{getattr(HOFFMANN, k):>12.4g}{getattr(EPOCH, k):>12.4g}")
+    else:
+        lines = [f"{r['fit']['points']} points"]
     lines += [f"note: {n}" for n in r.get("notes", [])]
     lines.append("")
     lines.append("compute-optimal exponents: N_opt ~ C^a, D_opt ~ C^b")
@@ -181,8 +225,17 @@ def table(r: dict) -> str:
         else:
             lines.append(f"  L({x}): alpha = {k['alpha']:.4f} (95% CI {k['ci95'][0]:.4f}..{k['ci95'][1]:.4f}), "
                          f"X_c = {k['x_c']:.3g}, R^2 = {k['r2']:.3f}, {k['points']} points")
+    if r.get("held_out"):
+        lines += ["", "runs left out of the fit, predicted by it:"]
+        for h in r["held_out"]:
+            lines.append(f"  {h['run'] or 'point'}: N = {h['params']:.3g}, D = {h['tokens']:.3g}: predicted "
+                         f"{h['predicted']:.4f}, measured {h['measured']:.4f} ({h['error_pct']:+.1f}%)")
     for p in r.get("predictions", []):
-        lines.append(f"predicted loss of N = {p['params']:.3g} on D = {p['tokens']:.3g} tokens: {p['loss']:.4f}")
+        line = f"predicted loss of N = {p['params']:.3g} on D = {p['tokens']:.3g} tokens: {p['loss']:.4f}"
+        if "measured" in p:
+            line += (f"; measured {p['measured']:.4f} ({p['error_pct']:+.1f}%, run {p['run'] or 'in the file'}, "
+                     f"{'in' if p['in_fit'] else 'left out of'} the fit)")
+        lines.append(line)
     if r.get("plots"):
         lines.append("plots: " + ", ".join(r["plots"]))
     return "\n".join(lines)

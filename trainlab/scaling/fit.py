@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -153,7 +154,10 @@ def parametric(points: Points, delta: float = 1e-3, bootstrap: int = 0, seed: in
         if len(fits) >= 2:
             se = {k: float(np.std([getattr(f, k) for f in fits], ddof=1)) for k in KEYS}
         info["bootstrap"] = {"resamples": bootstrap, "converged": len(fits)}
-    return _law(best, f"fit of {len(p)} points from {points.source or 'a sweep'} (N: {points.params_are})", se), info
+    law = _law(best, f"fit of {len(p)} points from {points.source or 'a sweep'} (N: {points.params_are})", se)
+    fitted = {k: [float(v.min()), float(v.max())] for k, v in (("params", p.params), ("tokens", p.tokens),
+                                                                ("flops", p.flops))}
+    return dataclasses.replace(law, fitted=fitted), info
 
 
 def _degenerate(theta: np.ndarray) -> tuple[str, float, str] | None:
@@ -169,8 +173,12 @@ def _check(theta: np.ndarray, p: Points) -> None:
     bad = _degenerate(theta)
     if bad:
         name, v, what = bad
+        x = p.params if what == "size" else p.tokens
+        wide = len(np.unique(x)) >= 3 and x.max() >= 10 * x.min()
         raise UserError(f"the fit is degenerate: {name} = {v:.3g}, so loss does not follow a power law in "
                         f"{what} over these {len(p)} points",
+                        f"its {len(np.unique(x))} values span {x.max() / x.min():.3g}x: at this scale the runs may be "
+                        f"too short or too noisy for the law; train longer or larger runs" if wide else
                         f"widen the range of {what} (at least 3 values, spread over a factor of 10 or more)")
     if max(theta[:3]) >= 700:
         raise UserError(f"the fit is degenerate: a constant of the law is past the float range over these {len(p)} "
@@ -310,9 +318,21 @@ def isoflop_fit(points: Points) -> dict:
 
 
 def fit_all(points: Points, bootstrap: int = 0, seed: int = 0, delta: float = 1e-3) -> dict:
-    """Every fit the points allow: the parametric law (required) and the approaches and power laws that have
-    enough points (the others say why they were skipped)."""
-    law, info = parametric(points, delta=delta, bootstrap=bootstrap, seed=seed)
+    """Every fit the points allow: the parametric law and the approaches and power laws that have enough points
+    (the others say why they were skipped). Points that determine none of them are a UserError (the parametric
+    law's reason); where only the parametric law fails, the rest is still the answer, with the reason under
+    "parametric" and no E, A, B, alpha, beta."""
+    others = {"approach1": frontier_fit(points), "approach2": isoflop_fit(points), "kaplan": power_laws(points)}
+    try:
+        law, info = parametric(points, delta=delta, bootstrap=bootstrap, seed=seed)
+    except UserError as e:
+        parts = [others["approach1"], others["approach2"], *others["kaplan"].values()]
+        if all("skipped" in x for x in parts):
+            raise
+        reason = e.message + (f"; {e.hint}" if e.hint else "")
+        return {"parametric": {"skipped": reason}, "source": f"{points.source or 'a sweep'} (N: {points.params_are})",
+                "fit": {"points": len(points.finals())}, "approach3": {"skipped": "no parametric law"},
+                "notes": [f"L(N, D) not fitted: {reason}"], **others}
     a, b = law.exponents
     notes = []
     if law.E < 1e-3 * float(points.loss.min()):
@@ -320,6 +340,5 @@ def fit_all(points: Points, bootstrap: int = 0, seed: int = 0, delta: float = 1e
                      "into A / N^alpha (it cannot be told apart at this scale)")
     notes += [f"{k} is not determined by these points (its standard error {law.se[k]:.3g} exceeds it)"
               for k in KEYS if k in law.se and law.se[k] > abs(getattr(law, k))]
-    return {**{k: getattr(law, k) for k in KEYS}, "se": law.se, "source": law.source, "fit": info, "notes": notes,
-            "approach3": {"a": a, "b": b}, "approach1": frontier_fit(points), "approach2": isoflop_fit(points),
-            "kaplan": power_laws(points)}
+    return {**{k: getattr(law, k) for k in KEYS}, "se": law.se, "source": law.source, "fitted": law.fitted,
+            "fit": info, "notes": notes, "approach3": {"a": a, "b": b}, **others}

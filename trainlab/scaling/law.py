@@ -23,6 +23,9 @@ class Law:
     beta: float  # ... and with tokens
     source: str = ""  # where the numbers come from
     se: dict = field(default_factory=dict, compare=False)  # standard errors of the five, when known
+    # The range of the points a fit saw: {"params": [lo, hi], "tokens": [lo, hi], "flops": [lo, hi]} (empty for
+    # the published laws): planning far beyond it is an extrapolation, and says so.
+    fitted: dict = field(default_factory=dict, compare=False)
 
     def loss(self, n: float, d: float) -> float:
         return self.E + self.A / n**self.alpha + self.B / d**self.beta
@@ -61,7 +64,10 @@ class Law:
             raise UserError(f"a scaling law's E, A, B, alpha and beta must be positive and finite; got {vals}",
                             "refit with `trainlab scaling fit`")
         se = d.get("se") if isinstance(d.get("se"), dict) else {}
-        return cls(**vals, source=source or str(d.get("source", "")), se=se)
+        fitted = d.get("fitted") if isinstance(d.get("fitted"), dict) else {}
+        fitted = {k: v for k, v in fitted.items() if isinstance(v, list) and len(v) == 2
+                  and all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in v)}
+        return cls(**vals, source=source or str(d.get("source", "")), se=se, fitted=fitted)
 
 
 # Published fits of the same form, on Chinchilla's data (MassiveText; N counts all parameters).

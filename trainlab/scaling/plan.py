@@ -38,6 +38,9 @@ def load_law(spec: str | Law) -> Law:
         raise UserError(f"{expected}; {spec} is not readable JSON ({type(e).__name__})", hint) from None
     if not isinstance(d, dict):
         raise UserError(f"{expected}; {spec} holds a JSON {type(d).__name__}, not an object", hint)
+    if "E" not in d and isinstance(d.get("parametric"), dict) and "skipped" in d["parametric"]:
+        raise UserError(f"{spec} holds no parametric law L(N, D): its fit left it out ({d['parametric']['skipped']})",
+                        "plan with a fit of more sizes and token budgets, or --law epoch")
     try:
         return Law.from_dict(d, source=str(d.get("source") or f"fit read from {spec}"))
     except UserError as e:
@@ -138,6 +141,15 @@ def plan(flops: float | None = None, *, params: float | None = None, tokens: flo
         raise UserError(f"give one compute budget; got {' and '.join(budgets)}",
                         "drop all but one of --flops, --gpus/--hours, or --params with --tokens")
     if not budgets:
+        if (n is None) != (d is None):
+            given, other = ("--params", "--tokens D") if n is not None else ("--tokens", "--params N")
+            raise UserError(f"{given} alone is neither a budget nor a whole model; got no {other.split()[0]}, "
+                            "--flops or --hours",
+                            f"add {other} to cost that model, or a budget (--flops C, or --gpu NAME --hours H) to "
+                            "spend on it")
+        if peak is not None:
+            raise UserError("an accelerator gives the speed, not the budget; got no --hours, --flops or model",
+                            "add --hours H (and --gpus K), e.g. --gpu h100 --gpus 8 --hours 24")
         raise UserError("plan needs a budget or a model; got neither",
                         "give --flops C, or --gpu NAME --gpus K --hours H, or --params N --tokens D")
     (given_as, c), = budgets.items()
@@ -151,11 +163,11 @@ def plan(flops: float | None = None, *, params: float | None = None, tokens: flo
     elif n is None:
         n = c / (6 * d)
     out = {"mode": "compute-optimal" if params is None and tokens is None else "given", "budget_from": given_as,
-           "law": law.to_dict(), **_model(law, n, d, sustained, k, usd)}
+           "law": law.to_dict(), **_model(law, n, d, sustained, k, usd), "notes": _extrapolation(law, c, n, d)}
     if peak is not None:
         out["gpu"] = {"name": chip.name if chip else (gpu or "custom"), "peak_flops": peak, "gpus": int(k),
-                      "mfu": mfu, "precision": chip.precision if chip else "as given by --peak-flops",
-                      "source": chip.source if chip else "--peak-flops"}
+                      "mfu": mfu, "precision": chip.precision if chip else "your precision",
+                      "source": chip.source if chip else "given by --peak-flops"}
     if inference_tokens is not None:
         t = _number("--inference-tokens", inference_tokens, "tokens served over the model's life", inclusive=True)
         n2, d2 = inference_optimal(law, out["loss"], t)
@@ -167,6 +179,17 @@ def plan(flops: float | None = None, *, params: float | None = None, tokens: flo
         out["inference_aware"] = ia
         out["total_flops_saving"] = 1 - ia["total_flops"] / out["total_flops"]
     return out
+
+
+def _extrapolation(law: Law, flops: float, n: float, d: float) -> list[str]:
+    """Where the plan lies far (10x or more) beyond the points the law was fitted to: say how far."""
+    notes = []
+    for key, value, what in (("flops", flops, "FLOPs"), ("params", n, "parameters"), ("tokens", d, "tokens")):
+        lo, hi = law.fitted.get(key, (0, math.inf))
+        if value > 10 * hi or value < lo / 10:
+            notes.append(f"{value:.3g} {what} is {max(value / hi, lo / value):.3g}x outside the fitted runs "
+                         f"({lo:.3g} to {hi:.3g}): an extrapolation, least reliable the farther it goes")
+    return notes
 
 
 def _model(law: Law, n: float, d: float, sustained: float | None, gpus: float, price: float | None) -> dict:
@@ -279,4 +302,5 @@ def table(out: dict) -> str:
     if "inference_aware" in out:
         lines.append(f"the inference-aware model reaches the same loss with {out['total_flops_saving']:.1%} "
                      f"fewer total FLOPs")
+    lines += [f"note: {n}" for n in out.get("notes", [])]
     return "\n".join(lines)

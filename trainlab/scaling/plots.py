@@ -69,16 +69,21 @@ def isoflops(result: dict, path: Path) -> Path:
 def optimal_allocation(result: dict, path: Path) -> Path:
     """N_opt(C) and D_opt(C): this fit's approaches beside Kaplan's and Chinchilla's published exponents, each
     line drawn through this fit's allocation at the middle of the compute range (the slopes are what compare)."""
-    law = Law.from_dict(result)
+    law = Law.from_dict(result) if "E" in result else None  # the parametric law may be left out (see fit_all)
     c_lo, c_hi = _compute_range(result)
     c = np.geomspace(c_lo, c_hi, 50)
-    n3 = np.array([law.optimal(x)[0] for x in c])
     mid = np.sqrt(c_lo * c_hi)
-    n_mid = law.optimal(mid)[0]
+    if law:
+        n3 = np.array([law.optimal(x)[0] for x in c])
+        n_mid = law.optimal(mid)[0]
+    else:
+        a = next(result[k] for k in ("approach1", "approach2") if "a" in result.get(k, {}))
+        n_mid = a["k"] * mid ** a["a"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, what in zip(axes, ("N", "D")):
-        y3 = n3 if what == "N" else c / (6 * n3)
-        ax.plot(c, y3, "k-", lw=2, label=f"this fit, approach 3 ({law.exponents[0 if what == 'N' else 1]:.2f})")
+        if law:
+            y3 = n3 if what == "N" else c / (6 * n3)
+            ax.plot(c, y3, "k-", lw=2, label=f"this fit, approach 3 ({law.exponents[0 if what == 'N' else 1]:.2f})")
         for i, style in ((1, "o"), (2, "s")):
             a = result.get(f"approach{i}", {})
             if "a" in a:
@@ -110,7 +115,8 @@ def predicted_vs_actual(rows: list[dict], path: Path) -> Path:
     pr = np.array([r["predicted"] for r in rows])
     held = np.array([bool(r.get("held_out")) for r in rows])
     ax.scatter(a[~held], pr[~held], s=16, color="tab:blue", label="fitted runs")
-    ax.scatter(a[held], pr[held], s=50, marker="*", color="tab:red", label="held-out run")
+    if held.any():
+        ax.scatter(a[held], pr[held], s=50, marker="*", color="tab:red", label="left out of the fit")
     for r in rows:
         if r.get("held_out"):
             ax.annotate(f"{r['label']}: {100 * (r['predicted'] / r['actual'] - 1):+.1f}%",
@@ -129,11 +135,18 @@ def prediction_rows(law: Law, p: Points, held: set[str] = frozenset()) -> list[d
             for r, n, d, l in zip(f.run, f.params, f.tokens, f.loss)]
 
 
-def write_all(p: Points, result: dict, out: Path) -> list[Path]:
+def write_all(p: Points, result: dict, out: Path, held: list[int] | tuple = ()) -> list[Path]:
+    """The fit's plots into `out`; `held`: indices of p's final points left out of the fit (predicted by it)."""
     out = Path(out)
     paths = [loss_vs_compute(p, result, out / "scaling_loss_vs_compute.png")]
     if result.get("approach2", {}).get("profiles"):
         paths.append(isoflops(result, out / "scaling_isoflops.png"))
-    paths.append(optimal_allocation(result, out / "scaling_optimal_allocation.png"))
-    paths.append(predicted_vs_actual(prediction_rows(Law.from_dict(result), p), out / "scaling_fit_residuals.png"))
+    if "E" in result or any("a" in result.get(k, {}) for k in ("approach1", "approach2")):
+        paths.append(optimal_allocation(result, out / "scaling_optimal_allocation.png"))
+    if "E" in result:
+        law, f = Law.from_dict(result), p.finals()
+        rows = [{"label": f.run[i] or f"N {f.params[i]:.3g}, D {f.tokens[i]:.3g}",
+                 "predicted": law.loss(f.params[i], f.tokens[i]), "actual": f.loss[i], "held_out": i in held}
+                for i in range(len(f))]
+        paths.append(predicted_vs_actual(rows, out / "scaling_prediction.png"))
     return paths

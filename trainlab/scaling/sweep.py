@@ -42,9 +42,16 @@ def parse_number(text: str, option: str) -> float:
     except ValueError:
         v = math.nan
     if not (math.isfinite(v) and v > 0):
-        raise UserError(f"{option} expects positive numbers such as 20k, 1.5M or 3e12; got {text!r}",
-                        f'e.g. {option} = ["1M", "3M", "10M"]' if option.startswith("sweep.") else
-                        f"e.g. {option} 1M 3M 10M")
+        if "=" in text:  # argparse gave an override that came after the option to the option
+            raise UserError(f"{option} expects numbers; got the recipe override {text!r}",
+                            "put key=value overrides right after the recipe, before the options")
+        lrs = option.endswith("lrs")
+        such = "3e-3 or 1e-2" if lrs else "20k, 1.5M or 3e12"
+        if option.startswith("sweep."):  # a key of the recipe's [sweep] table: the example is TOML
+            hint = f"e.g. {option} = [1e-3, 3e-3, 1e-2]" if lrs else f'e.g. {option} = ["1M", "3M", "10M"]'
+        else:
+            hint = f"e.g. {option} 1e-3 3e-3 1e-2" if lrs else f"e.g. {option} 1M 3M 10M"
+        raise UserError(f"{option} expects positive numbers such as {such}; got {text!r}", hint)
     return v
 
 
@@ -234,6 +241,20 @@ class Sweep:
             else:
                 return dict(sorted(tried.items())), best
 
+    def edge_warnings(self) -> list[str]:
+        """The sizes whose best learning rate is the highest or lowest one tried (after the search's extensions):
+        a bound, not an optimum."""
+        out = []
+        for size, ds in self.grid():
+            tried, choice = self.search(size, ds[0])
+            rates = [lr for lr, v in tried.items() if v is not None]
+            if choice is SEARCHING or choice is None or len(rates) < 2 or min(rates) < choice < max(rates):
+                continue
+            side, nxt = ("highest", choice * 2) if choice == max(rates) else ("lowest", choice / 2)
+            out.append(f"{size.name}: its best learning rate {choice:g} is the {side} tried ({min(rates):g} to "
+                       f"{max(rates):g}): the optimum may lie beyond; add --lrs {nxt:g} to search further")
+        return out
+
     def steps_for(self, tokens: float) -> int:
         return max(1, round(tokens / self.tokens_per_step))
 
@@ -255,12 +276,18 @@ class Sweep:
         """One sweep folder holds one recipe. A second invocation may add sizes and budgets (of the same kind):
         the grid becomes the union of the two, so points.csv keeps the earlier sizes."""
         meta = self.out / "sweep.json"
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out {self.out} is a file; a sweep writes a folder", "give a new folder for --out")
         if not meta.is_file():
+            if self.out.is_dir() and any(self.out.iterdir()):
+                raise UserError(f"--out {self.out} holds other files and no sweep.json: it is not a sweep folder",
+                                "give a new (or empty) folder, or the folder of the sweep to continue")
             return
         try:
             old = json.loads(meta.read_text())
             old_sizes = [Size(x["n_layer"], x["n_embd"], x["n_head"], x["params"]) for x in old.get("sizes", [])]
             old_budgets = [float(b) for b in old.get("budgets", [])]
+            old_lrs = [float(x) for x in old.get("lrs", [])]
         except (OSError, ValueError, KeyError, TypeError):
             raise UserError(f"{meta} is damaged (not the JSON a sweep writes)",
                             "delete it and run the sweep again: finished runs are kept and reread") from None
@@ -274,6 +301,7 @@ class Sweep:
                             f"continue it with --{old.get('budget_kind')}, or give another --out")
         self.sizes = sorted(set(self.sizes) | set(old_sizes), key=lambda z: z.params)
         self.budgets = sorted(set(self.budgets) | set(old_budgets))
+        self.lrs = sorted(set(self.lrs) | set(old_lrs))  # rates searched before stay in each size's search
         self.check_names()
 
     def check_names(self) -> None:
@@ -327,18 +355,20 @@ class Sweep:
                             for lr, v in self.search(size, ds[0])[0].items()} for size, ds in self.grid()}
 
     # ------------------------------------------------------------------ running
-    def run(self, quiet: bool = True, wait_s: float = 5.0) -> None:
+    def run(self, quiet: bool = True, wait_s: float = 5.0) -> int:
         """Train every pending run (skipping finished ones, resuming interrupted ones) until the grid is done:
-        the jobs are recomputed after every run, since a search's results decide what comes next."""
+        the jobs are recomputed after every run, since a search's results decide what comes next. Returns how
+        many runs this process trained."""
         from trainlab import distributed, runs
 
         if distributed.rank() == 0:
             self.write_meta()
         parallel = not distributed.launched()  # independent processes share the grid through the run locks
+        count = 0
         while True:
             jobs = [j for j in self.jobs() if not (math.isnan(j.lr) or self.result(j) is not None)]
             if not jobs and all(s.name in self.lr_choice() for s, _ in self.grid()):
-                break
+                return count
             trained = False
             for job in jobs:
                 d = self.run_dir(job)
@@ -351,7 +381,7 @@ class Sweep:
                         runs.unlock(d)
                         continue
                 self.train(job, d, quiet)
-                trained = True
+                trained, count = True, count + 1
                 break  # what to run next may have changed
             if distributed.rank() == 0:
                 self.write_meta()
