@@ -200,7 +200,9 @@ def test_a_tie_on_the_monitored_metric_goes_to_the_later_step():
 
 def test_recipes_print_themselves(tmp_path):
     r = run_cli("recipes", "digits-cnn")
-    assert r.returncode == 0 and r.stdout.startswith("[run]") and "kind = \"cnn\"" in r.stdout
+    first, rest = r.stdout.split("\n", 1)
+    assert r.returncode == 0 and first == f"# {config.find_recipe('digits-cnn')}" and rest.startswith("[run]")
+    assert "kind = \"cnn\"" in r.stdout and config.validate(__import__("tomllib").loads(r.stdout))
     r = run_cli("recipes", "digits-cnn", "--resolved")
     assert r.returncode == 0 and "threads = 0" in r.stdout and "clip_grad_norm" in r.stdout
     config.validate(__import__("tomllib").loads(r.stdout))  # the resolved config is itself a valid recipe

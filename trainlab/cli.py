@@ -241,8 +241,8 @@ def cmd_recipes(args) -> None:
         path = config.find_recipe(args.name)
         if args.resolved:
             print(config.load_recipe(args.name).to_toml(), end="")
-        else:
-            print(path.read_text(encoding="utf-8", errors="replace"), end="")
+        else:  # where it lives, as a TOML comment: the output stays a recipe to copy (`> mine.toml`)
+            print(f"# {path}\n" + path.read_text(encoding="utf-8", errors="replace"), end="")
         return
     if args.resolved:
         raise UserError("--resolved needs a recipe name", "e.g. trainlab recipes digits-cnn --resolved")

@@ -542,7 +542,9 @@ def _user_error(e: ValidationError, source: str, table: str = "", kind: str = ""
         return UserError(f"{source}: '{key}' is required{what}{more}", f"set {key} in the recipe or with {key}=...")
     if err["type"] == "list_type":  # `data.ignore_columns=id`: a list needs TOML's brackets and quotes
         return UserError(f"{source}: '{key}' must be a list{what}; got {got!r}{more}",
-                         f"write it as TOML: '{key}=[\"a\", \"b\"]' (quoted for the shell)")
+                         f"write it as TOML: '{key}=[\"a\", \"b\"]' (quoted for the shell)"
+                         if overrides and key in overrides else
+                         f"write it as a TOML list in the recipe: {key.rsplit('.', 1)[-1]} = [\"a\", \"b\"]")
     return UserError(f"{source}: '{key}' {_expectation(msg)}{what}; got {got!r}{more}",
                      f"give {key}= a valid value" if overrides and key in overrides else
                      "fix the value in the recipe or override it with " + f"{key}=...")

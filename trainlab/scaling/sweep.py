@@ -462,7 +462,9 @@ class Sweep:
                     "step": step, "final": final, **{k: v for k, v in metrics.items()
                                                        if isinstance(v, (int, float)) and k not in base}}
 
-        curve = [row(m["step"], {"loss": m["loss"]}, 0) for m in files.read_metrics(d / "metrics.jsonl")[0]
+        # every validation metric of the curve's points too (ce: the cross-entropy part of the loss), as the last's
+        curve = [row(m["step"], {k: v for k, v in m.items() if k not in ("step", "time")}, 0)
+                 for m in files.read_metrics(d / "metrics.jsonl")[0]
                  if m.get("split") == "val" and isinstance(m.get("loss"), (int, float)) and m["step"] > 0
                  and m["step"] < last]
         return curve + [row(last, summary["metrics"]["val"], 1)]
