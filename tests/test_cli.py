@@ -255,8 +255,7 @@ USAGE_MISTAKES = [  # argparse's own message, prefixed by the sub-command, and t
      "error: trainlab scaling sweep: argument --flops: not allowed with argument --tokens",
      "hint: trainlab scaling sweep --help"),
     (["trian", "digits-mlp"],
-     "error: trainlab: argument COMMAND: invalid choice: 'trian' (choose from 'train', 'eval', 'sample', 'report', "
-     "'predict', 'export', 'scaling', 'plan', 'play', 'recipes')",
+     "error: trainlab: argument COMMAND: invalid choice: 'trian' (choose from",  # the list's quoting varies by Python
      "hint: did you mean train? see trainlab --help"),
     (["scaling"],
      "error: trainlab scaling: the following arguments are required: SUBCOMMAND",
@@ -265,7 +264,7 @@ USAGE_MISTAKES = [  # argparse's own message, prefixed by the sub-command, and t
      "error: trainlab sample: argument --top-k: expected one argument",
      "hint: trainlab sample --help"),
     (["eval", "run", "--split", "tset"],
-     "error: trainlab eval: argument --split: invalid choice: 'tset' (choose from 'val', 'test')",
+     "error: trainlab eval: argument --split: invalid choice: 'tset' (choose from",
      "hint: did you mean test? see trainlab eval --help"),
 ]
 
@@ -274,7 +273,9 @@ USAGE_MISTAKES = [  # argparse's own message, prefixed by the sub-command, and t
 def test_usage_mistakes_are_one_error_line_with_a_hint_and_status_2(args, error, hint):
     r = run_cli(*args)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.splitlines() == [error, hint]
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and lines[1] == hint, r.stderr
+    assert lines[0] == error or (error.endswith("(choose from") and lines[0].startswith(error)), r.stderr
     assert "usage:" not in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
 
 

@@ -169,6 +169,8 @@ def test_runs_left_out_by_a_limit_are_predicted_and_compared(tmp_path):
     assert "measured" not in next(x for x in out.splitlines() if x.startswith("predicted loss of N = 2e+09"))
     assert (tmp_path / "plots" / "scaling_prediction.png").is_file()
     # A limit that leaves too few points says which option to raise.
+    code, out, err = cli("scaling", "fit", str(f), "--max-params", "2e7")  # enough for L(D), not for L(N, D)
+    assert code == 0 and "note: --max-params kept 4 of the 20 runs, too few for the law" in out, out + err
     code, _, err = cli("scaling", "fit", str(f), "--max-flops", "1e17")
     assert code == 2 and "got 1" in err and "--max-flops kept 1 of the 20 runs: raise it" in err, err
 
@@ -312,6 +314,14 @@ def test_a_sweep_folder_is_checked_and_continued_with_the_union_of_its_grids(tmp
     # A second call with other rates keeps the first ones in each size's search (as it keeps sizes and budgets).
     sw = sweep_lib.Sweep(tmp_path / "s", "stdlib-scaling", [], ["2x32"], ["3k"], [], ["4e-3"])
     assert sw.lrs == [1e-3, 2e-3, 4e-3] and len(sw.sizes) == 3 and sw.budgets == [3000, 6000]
+    # A sweep whose sweep.json was deleted (as the damaged-file error advises) is still a sweep.
+    (tmp_path / "s" / "runs").mkdir()
+    (tmp_path / "s" / "sweep.json").unlink()
+    assert sweep_lib.Sweep(tmp_path / "s", "stdlib-scaling", [], *args).lrs == [1e-3, 2e-3]
+    # Grid overrides, dotted or as an inline table, are not the runs' overrides.
+    sw = sweep_lib.Sweep(tmp_path / "t", "stdlib-scaling", ['sweep={sizes=["1x16"], tokens=["3k"]}',
+                                                            "loop.log_every=5"], [])
+    assert [z.name for z in sw.sizes] == ["L1-C16"] and sw.overrides == ["loop.log_every=5"]
     # A folder that is not a sweep's (an ordinary run, a file) is refused rather than written into.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "summary.json").write_text("{}")
@@ -323,6 +333,10 @@ def test_a_sweep_folder_is_checked_and_continued_with_the_union_of_its_grids(tmp
     code, _, err = cli("scaling", "sweep", "stdlib-scaling", "--sizes", "1x16", "--tokens", "3k", "--lrs", "1e-3",
                        "data.max_bytes=1000", "--out", str(tmp_path / "o"))
     assert code == 2 and "got the recipe override 'data.max_bytes=1000'" in err and "before the options" in err
+    # ... while one after the last option is an override, as for `trainlab train` (here a bad one, to stop early).
+    code, _, err = cli("scaling", "sweep", "stdlib-scaling", "--sizes", "1x16", "--tokens", "3k", "--out",
+                       str(tmp_path / "o"), "data.max_bytes=lots")
+    assert code == 2 and "data.max_bytes" in err and "unrecognized" not in err, err
     code, _, err = cli("scaling", "sweep", "stdlib-scaling", "--sizes", "1x16", "--tokens", "3k", "--lrs", "-1",
                        "--out", str(tmp_path / "o"))
     assert code == 2 and "e.g. --lrs 1e-3 3e-3 1e-2" in err, err
@@ -350,7 +364,7 @@ def test_the_recipes_sweep_table_gives_the_grid_and_the_command_line_wins_key_by
                              ('sweep.flops=["1e9"]', "got 3 size\\(s\\), 2 token and 1 FLOP budget\\(s\\)"),
                              ("sweep.tokens_per_param=[5, 1]", "sweep.tokens_per_param expects LO < HI"),
                              ("sweep.tokens_per_param=[5]", "must be two numbers"),
-                             ("sweep.size=[1]", "sweep.size")):
+                             ("sweep.size=[1]", "unknown key 'sweep.size'")):
         with pytest.raises(UserError, match=expect):
             sweep_lib.Sweep(tmp_path / "d", str(recipe), [override], [])
     # A recipe without the table, and no options: one line saying what is missing.

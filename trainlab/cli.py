@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides after an option (`train R --run-dir D key=value`) are still overrides
-        if args.command != "train" or any("=" not in a or a.startswith("-") for a in extra):
+        takes = args.command == "train" or (args.command == "scaling" and args.scaling_command == "sweep")
+        if not takes or any("=" not in a or a.startswith("-") for a in extra):
             _chosen(parser, args).unrecognized(extra)
         args.overrides += extra
     handler = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample, "report": cmd_report,

@@ -70,30 +70,32 @@ def sweep_command(args) -> None:
 
     sw = Sweep(args.out, args.recipe, args.overrides, args.sizes, args.tokens or [], args.flops or [], args.lrs,
                args.tokens_per_param)
+    from trainlab import distributed
+
+    say = distributed.rank() == 0  # under torchrun, one process speaks
     grid = sw.grid()
     cells = sum(len(ds) for _, ds in grid)
     n_budgets = len({d for _, ds in grid for d in ds}) if sw.budget_kind == "tokens" else len(sw.budgets)
-    if len(grid) < len(sw.sizes):
-        print(f"warning: --tokens-per-param keeps {len(grid)} of the {len(sw.sizes)} sizes (the others have no "
+    if say and len(grid) < len(sw.sizes):
+        print(f"warning: {sw.band_key} keeps {len(grid)} of the {len(sw.sizes)} sizes (the others have no "
               "budget inside the band)", file=sys.stderr, flush=True)
-    if cells < 6 or len(grid) < 3 or n_budgets < 2:
+    if say and (cells < 6 or len(grid) < 3 or n_budgets < 2):
         # The runs are still worth training (they are ordinary runs), but say now what they cannot answer.
         print(f"warning: {cells} run(s) over {len(grid)} size(s) and {n_budgets} budget(s): L(N, D) needs 6 runs or "
               "more over 2 sizes and 2 budgets or more, Kaplan's L(N) and the IsoFLOP profiles 3 sizes or more; "
               "add sizes or budgets to fit every law", file=sys.stderr, flush=True)
     kind = "token" if sw.budget_kind == "tokens" else "FLOP"
-    print(f"sweep of {args.recipe}: {len(grid)} size(s) x {len(sw.budgets)} {kind} budget(s)"
-          f"{' in the band of tokens per parameter' if sw.band != (0.0, math.inf) else ''}, {len(sw.lrs)} learning "
-          f"rate(s) searched per size: {cells + sum(len(sw.lrs) - 1 for _ in grid)} runs to start with (a search "
-          f"whose best rate is at an edge adds more) in {args.out}", flush=True)
+    if say:
+        print(f"sweep of {args.recipe}: {len(grid)} size(s) x {len(sw.budgets)} {kind} budget(s)"
+              f"{' in the band of tokens per parameter' if sw.band != (0.0, math.inf) else ''}, {len(sw.lrs)} "
+              f"learning rate(s) searched per size: {cells + (len(sw.lrs) - 1) * len(grid)} runs to start with (a "
+              f"search whose best rate is at an edge adds more) in {args.out}", flush=True)
     trained = sw.run(quiet=not args.verbose)
-    from trainlab import distributed
-
-    if distributed.rank() == 0:
+    if say:
         for line in sw.edge_warnings():
             print(f"warning: {line}", file=sys.stderr, flush=True)
         out = sw.collect()
-        done = "" if trained else f"every run was already done ({len(sw.jobs())}); "
+        done = "" if trained else f"all {len(sw.jobs())} runs are done, none trained by this command; "
         print(f"{done}wrote {out}; fit it with: trainlab scaling fit {args.out}")
 
 
@@ -141,6 +143,9 @@ def fit_command(args) -> None:
                             f"{'it' if ' and ' not in limits else 'them'} to fit more of them") from None
     else:
         result = fit.fit_all(p, bootstrap=args.bootstrap, seed=args.seed)
+    if limits and "E" not in result and len(p.finals()) < len(every.finals()):
+        result["notes"].append(f"{limits} kept {len(p.finals())} of the {len(every.finals())} runs, too few for the "
+                               "law that would predict the others: raise it to compare them")
     law = None
     if "E" in result:
         from trainlab.scaling.law import Law

@@ -186,7 +186,7 @@ def _extrapolation(law: Law, flops: float, n: float, d: float) -> list[str]:
     notes = []
     for key, value, what in (("flops", flops, "FLOPs"), ("params", n, "parameters"), ("tokens", d, "tokens")):
         lo, hi = law.fitted.get(key, (0, math.inf))
-        if value > 10 * hi or value < lo / 10:
+        if value >= 10 * hi or value <= lo / 10:
             notes.append(f"{value:.3g} {what} is {max(value / hi, lo / value):.3g}x outside the fitted runs "
                          f"({lo:.3g} to {hi:.3g}): an extrapolation, least reliable the farther it goes")
     return notes

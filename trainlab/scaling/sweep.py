@@ -148,7 +148,7 @@ class Sweep:
         # The runs' overrides: sweep.* keys change the grid (like --sizes), not how a run trains, so a sweep
         # continued with other sweep.* overrides is the same sweep.
         self.recipe = recipe
-        self.overrides = [o for o in overrides if not o.strip().startswith("sweep.")]
+        self.overrides = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] != "sweep"]
         if self.cfg.model.kind != "gpt" or self.cfg.model.head != "lm":
             raise UserError(f"a scaling sweep trains language models (model.kind = 'gpt', head 'lm'); {recipe} "
                             f"has model.kind = '{self.cfg.model.kind}'", "sweep a GPT recipe, e.g. stdlib-scaling")
@@ -179,6 +179,7 @@ class Sweep:
         # An IsoFLOP grid is a band around the optimum: the cells far off it (a tiny model on a huge budget) cost
         # the most and say the least; --tokens-per-param LO HI keeps the cells with LO <= D / N <= HI.
         self.band = tuple(tokens_per_param) if tokens_per_param else (0.0, math.inf)
+        self.band_key = band_key
         if not (0 <= self.band[0] < self.band[1]):
             raise UserError(f"{band_key} expects LO < HI, both >= 0; got {self.band[0]:g} {self.band[1]:g}",
                             "e.g. --tokens-per-param 3 300")
@@ -279,7 +280,10 @@ class Sweep:
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out} is a file; a sweep writes a folder", "give a new folder for --out")
         if not meta.is_file():
-            if self.out.is_dir() and any(self.out.iterdir()):
+            # a sweep whose sweep.json is being written (a temporary file) or was deleted (runs/, points.csv)
+            # is still a sweep; anything else is somebody's folder
+            if self.out.is_dir() and any(not (x.name in ("runs", "points.csv") or x.name.endswith(".tmp"))
+                                         for x in self.out.iterdir()):
                 raise UserError(f"--out {self.out} holds other files and no sweep.json: it is not a sweep folder",
                                 "give a new (or empty) folder, or the folder of the sweep to continue")
             return
