@@ -63,19 +63,17 @@ def sweep(out: Path, quick: bool) -> dict:
     return {"fit": fit, "sweep_wall_s": time.time() - t, "extra": extra, "sizes": sizes, "tokens": tokens}
 
 
-def _predict(out: Path, p, held: list[int], *limit: str) -> dict:
-    """The law fitted without the runs `held` (by --max-flops or --max-params) and its predictions of them."""
-    args = ["scaling", "fit", str(out / "sweep"), "--json", "--bootstrap", "0", *limit]
-    for i in held:
-        args += ["--predict", f"{p.params[i]:.0f}", f"{p.tokens[i]:.0f}"]
-    r = subprocess.run([sys.executable, "-m", "trainlab", *args], cwd=ROOT, capture_output=True, text=True)
-    if r.returncode:  # a degenerate fit is a result too: say so
-        return {"error": r.stderr.strip().splitlines()[0] if r.stderr.strip() else f"exit {r.returncode}",
-                "limit": list(limit), "runs": []}
-    fit = json.loads(r.stdout)
-    rows = [{"run": p.run[i], "params": float(p.params[i]), "tokens": float(p.tokens[i]), "predicted": q["loss"],
-             "actual": float(p.loss[i]), "error_pct": 100 * (q["loss"] / float(p.loss[i]) - 1)}
-            for i, q in zip(held, fit["predictions"])]
+def _predict(out: Path, *limit: str) -> dict:
+    """The law fitted without the runs a limit (--max-flops or --max-params) leaves out, and its predictions of
+    them beside their measured losses (the fit's held_out)."""
+    r = subprocess.run([sys.executable, "-m", "trainlab", "scaling", "fit", str(out / "sweep"), "--json",
+                        "--bootstrap", "0", *limit], cwd=ROOT, capture_output=True, text=True)
+    fit = json.loads(r.stdout) if r.returncode == 0 else {}
+    if "E" not in fit:  # a fit that does not determine the law is a result too: say so
+        why = fit.get("parametric", {}).get("skipped") or (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[0]
+        return {"error": why, "limit": list(limit), "runs": []}
+    rows = [{"run": h["run"], "params": h["params"], "tokens": h["tokens"], "predicted": h["predicted"],
+             "actual": h["measured"], "error_pct": h["error_pct"]} for h in fit["held_out"]]
     return {"limit": list(limit), "fitted_points": fit["fit"]["points"], "notes": fit.get("notes", []),
             "law": {k: fit[k] for k in ("E", "A", "B", "alpha", "beta")}, "runs": rows}
 
@@ -86,11 +84,8 @@ def holdout(out: Path) -> dict:
     from trainlab.scaling import points as points_lib
 
     p = points_lib.read_csv(out / "sweep").finals()
-    top = int(p.flops.argmax())
-    by_compute = _predict(out, p, [top], "--max-flops", f"{p.flops[top] * 0.99:.6g}")
-    largest = p.params.max()
-    by_size = _predict(out, p, [i for i in range(len(p)) if p.params[i] == largest],
-                       "--max-params", f"{largest * 0.99:.0f}")
+    by_compute = _predict(out, "--max-flops", f"{p.flops.max() * 0.99:.6g}")
+    by_size = _predict(out, "--max-params", f"{p.params.max() * 0.99:.0f}")
     head = by_compute["runs"][0]["error_pct"] if by_compute["runs"] else float("nan")
     return {"largest_run": by_compute, "largest_size": by_size, "error_pct": head}
 
@@ -239,8 +234,9 @@ def main() -> None:
     h = res["holdout"]
     part = h["largest_run"] if not h["largest_run"].get("error") else h["largest_size"]
     if not part.get("error"):
-        rows = plots.prediction_rows(law_lib.Law.from_dict(part["law"]), points_lib.read_csv(out / "sweep"),
-                                     {r["run"] for r in part["runs"]})
+        points = points_lib.read_csv(out / "sweep")
+        held = {i for i, r in enumerate(points.finals().run) if r in {x["run"] for x in part["runs"]}}
+        rows = plots.prediction_rows(law_lib.Law.from_dict(part["law"]), points, held)
         plots.predicted_vs_actual(rows, out / "plots" / "scaling_prediction.png")
     text = report(res, out)
     (out / "scaling_laws.md").write_text(text)

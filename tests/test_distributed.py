@@ -440,3 +440,24 @@ def test_ppo_under_torchrun_steps_half_the_environments_on_each_process(tmp_path
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["processes"] == 2
     first = [x for x in train if (x["step"] - 1) % 2 == 0]  # 2 steps per rollout: the first sees the old weights
     assert len(first) == 4 and all(abs(x["approx_kl"]) < 1e-6 and x["clip_fraction"] == 0 for x in first), first
+
+
+@pytest.mark.slow
+def test_ppo_under_torchrun_resumes_each_processs_own_environments(tmp_path):
+    """The checkpoint keeps every process's stream (its environments, rollout and generators): a run stopped at
+    step 4 and resumed logs what the uninterrupted run logged. With rank 0's stream on both processes, rank 1
+    replayed rank 0's actions in its own environments (a warning) and trained on rank 0's rollout."""
+    args = ["cartpole-ppo", "data.env_steps=1024", "data.num_envs=4", "data.rollout_steps=64",
+            "data.epochs_per_rollout=2", "loop.eval_every=8", "data.eval_episodes=2", "schedule.name=constant",
+            "loop.log_every=1"]
+    assert torchrun(*args, "--run-dir", str(tmp_path / "full")).returncode == 0
+    assert torchrun(*args, "loop.max_steps=5", "--run-dir", str(tmp_path / "cut")).returncode == 0
+    r = torchrun(*args, "--run-dir", str(tmp_path / "cut"), "--resume")
+    assert r.returncode == 0 and "replay" not in r.stdout + r.stderr, r.stderr[-3000:]
+
+    def train(d):
+        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in x.items() if k not in ("time", "throughput", "sps")} for x in rows
+                if x["split"] == "train"]
+
+    assert train(tmp_path / "cut") == train(tmp_path / "full")

@@ -355,6 +355,16 @@ def diff(a: Config, b: Config) -> list[str]:
     return [k for k in sorted(set(fa) | set(fb)) if fa.get(k, _MISSING) != fb.get(k, _MISSING)]
 
 
+# Keys that say something other than how a run trains: where your own class came from (a script, a module) and
+# the grid of `trainlab scaling sweep`. A run resumes with other values of them.
+NOT_TRAINING = ("model.target", "objective.target", "sweep.")
+
+
+def training_diff(a: Config, b: Config) -> list[str]:
+    """diff(a, b) without the keys that do not change training (NOT_TRAINING)."""
+    return [k for k in diff(a, b) if not k.startswith(NOT_TRAINING)]
+
+
 _MISSING = object()
 
 

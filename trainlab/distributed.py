@@ -286,18 +286,24 @@ class Dist:
             sd.set_optimizer_state_dict(model, optimizer, want["optimizer"])
         return state
 
-    def rng_states(self, local: dict) -> dict:
-        """Every rank's random state (dropout masks), for an exact resume with the same number of processes."""
-        return {"rng": local} | ({"rng_ranks": self.gather(local)} if self.world > 1 else {})
+    def rank_states(self, key: str, local) -> dict:
+        """State that differs between ranks (random generators, an environment source's environments and
+        buffers) for the checkpoint: rank 0's under `key`, every rank's under `key_ranks` (a collective: every
+        rank calls it), for an exact resume with the same number of processes."""
+        return {key: local} | ({f"{key}_ranks": self.gather(local)} if self.world > 1 else {})
+
+    def own_state(self, state: dict, key: str):
+        """This rank's entry of rank_states; None when the checkpoint has another number of processes."""
+        ranks = state.get(f"{key}_ranks") or [state[key]]
+        return ranks[self.rank] if len(ranks) == self.world else None
 
     def pick_rng(self, state: dict, seed: int, step: int) -> dict | None:
-        ranks = state.get("rng_ranks") or [state["rng"]]
-        if len(ranks) == self.world:
-            return ranks[self.rank]
-        if self.main:
+        own = self.own_state(state, "rng")
+        if own is None and self.main:
             return state["rng"]
-        torch.manual_seed(seed + 1_000_003 * self.rank + step)  # another world size: a fresh stream per rank
-        return None
+        if own is None:  # another world size: a fresh stream per rank
+            torch.manual_seed(seed + 1_000_003 * self.rank + step)
+        return own
 
     def full_model(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | None:
         """The whole model on rank 0 (FSDP gathers its shards; every rank must call this), None elsewhere."""

@@ -156,10 +156,7 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     step, best, evals_since_best, wall_before, last_ckpt = 0, None, 0, 0.0, None
     if resume:
         saved = config.load_resolved(run_dir / "config.toml")
-        # model.target / objective.target only record where your own class came from (a script, a module); the
-        # [sweep] table is the grid of `trainlab scaling sweep`, not this run's training (a grown grid resumes)
-        changed = [k for k in config.diff(saved, cfg)
-                   if k not in ("model.target", "objective.target") and not k.startswith("sweep.")]
+        changed = config.training_diff(saved, cfg)
         derived = {"loop.steps", "loop.eval_every", "loop.checkpoint_every"}  # follow from the length keys
         other = [k for k in changed if k not in LENGTH_KEYS and not (k in derived and set(changed) & set(LENGTH_KEYS))]
         if other:
@@ -171,7 +168,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                              run_dir / "model")
         state = ctx.load_checkpoint(ckpt_root / "last", model, optimizer)
         state_file = ckpt_root / "last" / checkpoint.STATE
-        files.restore("data position", state_file, stream.load_state_dict, state["batches"])
+        own = files.restore("data position", state_file, ctx.own_state, state, "batches")  # this rank's
+        files.restore("data position", state_file, stream.load_state_dict, state["batches"] if own is None else own)
         step, last_ckpt = state["step"], state["step"]
         if (rng := files.restore("random state", state_file, ctx.pick_rng, state, cfg.run.seed, step)) is not None:
             files.restore("random state", state_file, set_rng_state, rng)
@@ -213,7 +211,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
     writer.summary(summary)
 
     def loop_state() -> dict:
-        return {"step": step, "batches": stream.state_dict(), **ctx.rng_states(rng_state()), "best": best,
+        return {"step": step, **ctx.rank_states("batches", stream.state_dict()), **ctx.rank_states("rng", rng_state()),
+                "best": best,
                 "evals_since_best": evals_since_best, "wall_s": wall_before + time.time() - t_start, "version": 1}
 
     if resume:  # the training metrics of the window logged last, as the uninterrupted run reports them
@@ -326,8 +325,8 @@ def train(cfg: Config, run_dir: Path, resume: bool = False, ctx: Dist | None = N
                 if verdict >= 0:
                     best, is_best = {"step": step, "metric": L.monitor, "value": val[L.monitor], "metrics": val}, True
                 stop = bool(L.patience) and evals_since_best >= L.patience
-                reached = L.target is not None and math.isfinite(val[L.monitor]) and (  # solved: CartPole's 475
-                    val[L.monitor] >= L.target if L.monitor_mode == "max" else val[L.monitor] <= L.target)
+                reached = (L.target is not None and math.isfinite(val[L.monitor])  # solved: CartPole's 475
+                           and _compare(val[L.monitor], {"value": L.target}, L.monitor_mode) >= 0)
                 stop = stop or reached
                 text = "val " + "  ".join(f"{k} {v:.4g}" for k, v in val.items())
                 if step % L.log_every == 0 or step == L.steps or stop:  # not a line per step when validating often

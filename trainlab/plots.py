@@ -285,3 +285,24 @@ def anomaly_scores(view, anomaly_class: int, threshold: float, path: Path) -> Pa
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def returns(train: list[tuple[float, float]], val: list[tuple[float, float, float]], path: Path, title: str,
+            val_label: str) -> Path:
+    """An agent's episode return against environment steps: the training episodes' running mean (env steps,
+    return) and the validation episodes (env steps, mean, std) with a band of one standard deviation."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        x, y = zip(*train)
+        ax.plot(x, y, label="training episodes (mean of the last 100)", color="tab:blue", alpha=0.8)
+    if val:
+        x, y, s = map(np.asarray, zip(*val))
+        ax.plot(x, y, "o-", label=val_label, color="tab:orange")
+        ax.fill_between(x, y - s, y + s, color="tab:orange", alpha=0.2)
+    ax.set(xlabel="environment steps", ylabel="episode return", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from trainlab.errors import UserError
+from trainlab.errors import UserError, first_line
 
 
 def gymnasium():
@@ -102,7 +102,7 @@ class Envs:
         except UserError:
             raise
         except Exception as e:
-            raise UserError(f"cannot make {n} x {env_id} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+            raise UserError(f"cannot make {n} x {env_id} ({type(e).__name__}: {first_line(e, 200)})",
                             "check data.env_kwargs and that the environment's dependencies are installed "
                             "(e.g. pip install 'gymnasium[box2d]')") from None
         obs_space = self.vec.single_observation_space

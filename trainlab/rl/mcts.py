@@ -126,8 +126,8 @@ class MCTS:
                 depth += 1
             # the leaves' values (for their player to move): exact when finished, else the evaluator's
             leaf_value = term_value[rows, leaf_node].copy()
-            open_ = np.flatnonzero(~term[rows, leaf_node])
-            fresh = open_[N[open_, leaf_node[open_]].sum(-1) == 0]  # new leaves (never evaluated)
+            # a leaf that is not finished is a node this simulation created: never evaluated
+            fresh = np.flatnonzero(~term[rows, leaf_node])
             if len(fresh):
                 lb = board[fresh, leaf_node[fresh]]
                 logp, value = self.evaluate(g.encode(lb))

@@ -55,7 +55,7 @@ from trainlab import registry
 from trainlab.data.batches import micro_batches
 from trainlab.errors import UserError
 from trainlab.rl import envs as envs_lib
-from trainlab.rl.rollouts import EnvSource, EnvTable, EpisodeStats, RewardScaler
+from trainlab.rl.rollouts import EnvSource, EnvStream, EnvTable
 
 
 class ReplayTable(EnvTable):
@@ -118,49 +118,36 @@ def _seed(seed: int, rank: int, what: int) -> int:
     return int(np.random.SeedSequence([seed % 2**63, rank, what]).generate_state(2, np.uint64)[0] % 2**62)
 
 
-class ReplayStream:
+class ReplayStream(EnvStream):
     # on_step's keys: where the source is (shown as they are at a logging step, not averaged)
     state_metrics = ("epsilon", "episode_return", "episode_length", "episodes", "env_steps", "sps", "buffer_size")
 
     def __init__(self, data: GymReplay, seed: int, policy, plan):
-        cfg = data.cfg
-        self.data, self.cfg, self.seed, self.policy, self.plan = data, cfg, seed, policy, plan
-        ctx = policy.ctx
-        world, rank = (ctx.world, ctx.rank) if ctx is not None else (1, 0)
+        cfg, ctx = data.cfg, policy.ctx
         if not data.discrete:
             a = data.info["action"]
             raise UserError(f"data.source = 'gym_replay' acts epsilon-greedily among discrete actions; {cfg.env} has "
                             f"continuous actions (Box({a['dim']}))", "train it with PPO (data.source = 'gym', "
                             "model.kind = 'actor_critic'), or discretize its actions")
-        if cfg.num_envs % world:
-            raise UserError(f"data.num_envs = {cfg.num_envs} does not split over {world} processes",
-                            f"make it a multiple of {world}")
-        if ctx is not None and getattr(ctx, "sharded", False) and world > 1:
+        if ctx is not None and getattr(ctx, "sharded", False) and ctx.world > 1:
             raise UserError("data.source = 'gym_replay' keeps a whole target network beside the model, which FSDP "
                             "shards", "train DQN with loop.parallel = 'ddp'")
-        self.world, self.rank = world, rank
-        self.local = cfg.num_envs // world
-        self.share = plan.hi - plan.lo  # this process's transitions per optimizer step
+        super().__init__(data, seed, policy, plan)
         self.double = bool(getattr(policy.objective, "double", False))
         self.n_actions = data.info["action"]["n"]
-        self.envs = envs_lib.Envs(cfg.env, self.local, seed, cfg.vectorize, cfg.env_kwargs, first=rank * self.local)
-        self.envs.reset()
         shape = self.envs.obs_shape
-        self.capacity = max(cfg.buffer_size // world, self.local * cfg.train_freq)
+        self.capacity = max(cfg.buffer_size // self.world, self.local * cfg.train_freq)
         self.obs = torch.zeros((self.capacity, *shape))
         self.next_obs = torch.zeros((self.capacity, *shape))
         self.actions = torch.zeros(self.capacity, dtype=torch.long)
         self.rewards = torch.zeros(self.capacity)
         self.terminated = torch.zeros(self.capacity, dtype=torch.bool)
         self.pos = self.size = 0
-        self.act_gen = torch.Generator().manual_seed(_seed(seed, rank, 1))  # exploration
-        self.sample_gen = torch.Generator().manual_seed(_seed(seed, rank, 2))  # minibatches
+        self.act_gen = torch.Generator().manual_seed(_seed(seed, self.rank, 1))  # exploration
+        self.sample_gen = torch.Generator().manual_seed(_seed(seed, self.rank, 2))  # minibatches
         self.target = copy.deepcopy(policy.model).eval()
         self.target.requires_grad_(False)
-        gamma = getattr(getattr(policy.objective, "cfg", None), "gamma", 0.99)
-        self.scaler = RewardScaler(self.local, gamma, cfg.clip_reward) if cfg.normalize_reward else None
         self.vec_steps = self.rounds = self.left = 0  # steps of every environment; rounds; updates left in this one
-        self.stats = EpisodeStats(self.world)
 
     @property
     def epoch(self) -> int:
@@ -267,9 +254,7 @@ class ReplayStream:
                 "terminated": self.terminated[:n].clone(), "pos": self.pos, "size": n,
                 "act_gen": self.act_gen.get_state(), "sample_gen": self.sample_gen.get_state(),
                 "target": {k: v.detach().cpu().clone() for k, v in self.target.state_dict().items()},
-                "envs": self.envs.state_dict(), "vec_steps": self.vec_steps, "rounds": self.rounds,
-                "left": self.left, "episodes": self.stats.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else None}
+                "vec_steps": self.vec_steps, "rounds": self.rounds, "left": self.left, **self.env_state()}
 
     def load_state_dict(self, state: dict) -> None:
         n = int(state["size"])
@@ -283,8 +268,5 @@ class ReplayStream:
         self.act_gen.set_state(state["act_gen"])
         self.sample_gen.set_state(state["sample_gen"])
         self.target.load_state_dict(state["target"])
-        self.envs.load_state_dict(state["envs"])
         self.vec_steps, self.rounds, self.left = int(state["vec_steps"]), int(state["rounds"]), int(state["left"])
-        self.stats.load_state_dict(state["episodes"], self.env_steps)
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        self.load_env_state(state)

@@ -10,48 +10,33 @@ import numpy as np
 def env_step_curves(rows: list[dict]) -> tuple[list[tuple[float, float]], list[tuple[float, float, float]]]:
     """(env steps, mean return of the last 100 training episodes) of the training rows, and (env steps, return,
     std) of the validation rows (a validation step is placed at the env steps its training row reached)."""
+    from trainlab.report import _num
+
     at: dict[int, float] = {}
     train = []
     for r in rows:
-        if r.get("split") == "train" and isinstance(r.get("env_steps"), (int, float)):
-            at[r["step"]] = float(r["env_steps"])
-            if r.get("episodes", 1) and isinstance(r.get("episode_return"), (int, float)):
-                train.append((float(r["env_steps"]), float(r["episode_return"])))
+        if r.get("split") == "train" and (x := _num(r.get("env_steps"))) is not None:
+            at[r["step"]] = x
+            if r.get("episodes", 1) and (y := _num(r.get("episode_return"))) is not None:
+                train.append((x, y))
     val = []
     for r in rows:
-        if r.get("split") == "val" and isinstance(r.get("episode_return"), (int, float)):
+        if r.get("split") == "val" and (y := _num(r.get("episode_return"))) is not None:
             x = at.get(r["step"], 0.0 if r["step"] == 0 else None)
             if x is not None:
-                val.append((x, float(r["episode_return"]), float(r.get("return_std", 0.0) or 0.0)))
+                val.append((x, y, _num(r.get("return_std")) or 0.0))
     return train, val
 
 
 def section(run_dir: Path, cfg, rows: list[dict]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trainlab import plots
 
     train, val = env_step_curves(rows)
     md = ["", "## Return against environment steps", ""]
     if not train and not val:
         return md + ["No episode has finished yet."]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        x, y = zip(*train)
-        ax.plot(x, y, label="training episodes (mean of the last 100)", color="tab:blue", alpha=0.8)
-    if val:
-        x, y, s = map(np.asarray, zip(*val))
-        ax.plot(x, y, "o-", label=f"deterministic evaluation ({cfg.data.eval_episodes} episodes)", color="tab:orange")
-        ax.fill_between(x, y - s, y + s, color="tab:orange", alpha=0.2)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return")
-    ax.set_title(f"{cfg.data.env}: {cfg.objective.kind}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(run_dir / "returns.png", dpi=110)
-    plt.close(fig)
+    plots.returns(train, val, run_dir / "returns.png", f"{cfg.data.env}: {cfg.objective.kind}",
+                  f"deterministic evaluation ({cfg.data.eval_episodes} episodes)")
     md.append("![episode return against environment steps](returns.png)")
     if val:
         best = max(val, key=lambda v: v[1])

@@ -122,11 +122,10 @@ class EnvSource:
             try:
                 obs = e.reset()
                 for _ in range(cap):
-                    before = e.returns.copy(), e.lengths.copy()
-                    obs, reward, term, trunc, _, _ = e.step(act(obs))
-                    for i in np.flatnonzero(term | trunc):
+                    obs, _, term, trunc, _, finished = e.step(act(obs))
+                    for i, episode in zip(np.flatnonzero(term | trunc), finished):  # (return, length)
                         if got[i] is None:
-                            got[i] = float(before[0][i] + reward[i]), int(before[1][i] + 1)
+                            got[i] = episode
                     if all(g is not None for g in got):
                         break
                 else:
@@ -249,6 +248,39 @@ class EpisodeStats:
         self._t0, self._steps0 = time.time(), env_steps
 
 
+class EnvStream:
+    """What both environment streams share: this process's slice of data.num_envs as its environments (reset,
+    seeded by their global index), reward normalization, episode statistics, and their part of the checkpoint."""
+
+    def __init__(self, data, seed: int, policy, plan):
+        cfg = data.cfg
+        self.data, self.cfg, self.seed, self.policy, self.plan = data, cfg, seed, policy, plan
+        ctx = policy.ctx
+        self.world, self.rank = (ctx.world, ctx.rank) if ctx is not None else (1, 0)
+        if cfg.num_envs % self.world:
+            raise UserError(f"data.num_envs = {cfg.num_envs} does not split over {self.world} processes",
+                            f"make it a multiple of {self.world}")
+        self.local = cfg.num_envs // self.world
+        self.share = plan.hi - plan.lo  # this process's transitions per optimizer step
+        self.envs = envs_lib.Envs(cfg.env, self.local, seed, cfg.vectorize, cfg.env_kwargs,
+                                  first=self.rank * self.local)
+        self.envs.reset()
+        gamma = getattr(getattr(policy.objective, "cfg", None), "gamma", 0.99)
+        self.scaler = RewardScaler(self.local, gamma, cfg.clip_reward) if cfg.normalize_reward else None
+        self.stats = EpisodeStats(self.world)
+
+    def env_state(self) -> dict:
+        return {"envs": self.envs.state_dict(), "episodes": self.stats.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None}
+
+    def load_env_state(self, state: dict) -> None:
+        """After the stream's own counters: the episode statistics restart their clock at env_steps."""
+        self.envs.load_state_dict(state["envs"])
+        self.stats.load_state_dict(state["episodes"], self.env_steps)
+        if self.scaler and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+
+
 class GymRollouts(EnvSource):
     def __init__(self, cfg: GymTable):
         super().__init__(cfg, "gym", ["observations", "rollouts"])
@@ -261,39 +293,27 @@ class GymRollouts(EnvSource):
         return RolloutStream(self, seed, policy, plan)
 
 
-class RolloutStream:
+class RolloutStream(EnvStream):
     # on_step's keys: where the source is (shown as they are at a logging step, not averaged)
     state_metrics = ("episode_return", "episode_length", "episodes", "env_steps", "sps", "explained_variance")
 
     def __init__(self, data: GymRollouts, seed: int, policy, plan):
         cfg = data.cfg
-        self.data, self.cfg, self.seed, self.policy, self.plan = data, cfg, seed, policy, plan
-        world, rank = (policy.ctx.world, policy.ctx.rank) if policy.ctx is not None else (1, 0)
-        if cfg.num_envs % world:
-            raise UserError(f"data.num_envs = {cfg.num_envs} does not split over {world} processes",
-                            f"make it a multiple of {world}")
         size = cfg.num_envs * cfg.rollout_steps
         if size % plan.global_batch:  # every pass over the rollout is whole minibatches: none spans two passes
             raise UserError(f"a rollout of data.num_envs x data.rollout_steps = {size} transitions does not split "
                             f"into minibatches of {plan.global_batch} (data.batch_size x loop.grad_accum)",
                             "make num_envs x rollout_steps a multiple of the batch")
         self.steps_per_rollout = size * cfg.epochs_per_rollout // plan.global_batch
-        self.share = plan.hi - plan.lo  # this process's transitions per step
         self.objective = policy.objective
         if not hasattr(self.objective, "prepare"):
             raise UserError("data.source = 'gym' collects on-policy rollouts for an objective with advantages "
                             "(objective.kind = 'rl_ppo'); this one has no `prepare`", "use objective.kind = 'rl_ppo'")
-        self.local = cfg.num_envs // world
-        self.envs = envs_lib.Envs(cfg.env, self.local, seed, cfg.vectorize, cfg.env_kwargs, first=rank * self.local)
-        self.envs.reset()
-        self.world = world
-        self.gen = torch.Generator().manual_seed(seed * 1_000_003 + rank)  # actions and minibatch orders
-        gamma = getattr(self.objective.cfg, "gamma", 0.99)
-        self.scaler = RewardScaler(self.local, gamma, cfg.clip_reward) if cfg.normalize_reward else None
+        super().__init__(data, seed, policy, plan)
+        self.gen = torch.Generator().manual_seed(seed * 1_000_003 + self.rank)  # actions and minibatch orders
         self.rollout: dict | None = None
         self.order: torch.Tensor | None = None
         self.pos = self.rollouts = 0
-        self.stats = EpisodeStats(world)
         self.explained = 0.0
 
     @property
@@ -370,16 +390,11 @@ class RolloutStream:
 
     def state_dict(self) -> dict:
         return {"rollout": self.rollout, "order": self.order, "pos": self.pos, "rollouts": self.rollouts,
-                "gen": self.gen.get_state(), "envs": self.envs.state_dict(),
-                "episodes": self.stats.state_dict(), "explained": self.explained,
-                "scaler": self.scaler.state_dict() if self.scaler else None}
+                "gen": self.gen.get_state(), "explained": self.explained, **self.env_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.rollout, self.order = state["rollout"], state["order"]
         self.pos, self.rollouts = int(state["pos"]), int(state["rollouts"])
         self.gen.set_state(state["gen"])
-        self.envs.load_state_dict(state["envs"])
-        self.stats.load_state_dict(state["episodes"], self.env_steps)
         self.explained = float(state["explained"])
-        if self.scaler and state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
+        self.load_env_state(state)

@@ -73,19 +73,19 @@ def sweep_command(args) -> None:
     from trainlab import distributed
 
     say = distributed.rank() == 0  # under torchrun, one process speaks
-    grid = sw.grid()
-    cells = sum(len(ds) for _, ds in grid)
-    n_budgets = len({d for _, ds in grid for d in ds}) if sw.budget_kind == "tokens" else len(sw.budgets)
-    if say and len(grid) < len(sw.sizes):
-        print(f"warning: {sw.band_key} keeps {len(grid)} of the {len(sw.sizes)} sizes (the others have no "
-              "budget inside the band)", file=sys.stderr, flush=True)
-    if say and (cells < 6 or len(grid) < 3 or n_budgets < 2):
-        # The runs are still worth training (they are ordinary runs), but say now what they cannot answer.
-        print(f"warning: {cells} run(s) over {len(grid)} size(s) and {n_budgets} budget(s): L(N, D) needs 6 runs or "
-              "more over 2 sizes and 2 budgets or more, Kaplan's L(N) and the IsoFLOP profiles 3 sizes or more; "
-              "add sizes or budgets to fit every law", file=sys.stderr, flush=True)
-    kind = "token" if sw.budget_kind == "tokens" else "FLOP"
     if say:
+        grid = sw.grid()
+        cells = sum(len(ds) for _, ds in grid)
+        n_budgets = len({d for _, ds in grid for d in ds}) if sw.budget_kind == "tokens" else len(sw.budgets)
+        if len(grid) < len(sw.sizes):
+            print(f"warning: {sw.band_key} keeps {len(grid)} of the {len(sw.sizes)} sizes (the others have no "
+                  "budget inside the band)", file=sys.stderr, flush=True)
+        if cells < 6 or len(grid) < 3 or n_budgets < 2:
+            # The runs are still worth training (they are ordinary runs), but say now what they cannot answer.
+            print(f"warning: {cells} run(s) over {len(grid)} size(s) and {n_budgets} budget(s): L(N, D) needs 6 runs "
+                  "or more over 2 sizes and 2 budgets or more, Kaplan's L(N) and the IsoFLOP profiles 3 sizes or "
+                  "more; add sizes or budgets to fit every law", file=sys.stderr, flush=True)
+        kind = "token" if sw.budget_kind == "tokens" else "FLOP"
         print(f"sweep of {args.recipe}: {len(grid)} size(s) x {len(sw.budgets)} {kind} budget(s)"
               f"{' in the band of tokens per parameter' if sw.band != (0.0, math.inf) else ''}, {len(sw.lrs)} "
               f"learning rate(s) searched per size: {cells + (len(sw.lrs) - 1) * len(grid)} runs to start with (a "
@@ -135,17 +135,16 @@ def fit_command(args) -> None:
         big = {r for r, c, f in zip(p.run, p.flops, p.final) if f and c > args.max_flops}
         p = p.select((p.flops <= args.max_flops) & np.array([not (r and r in big) for r in p.run]))
     limits = " and ".join(o for o, v in (("--max-params", args.max_params), ("--max-flops", args.max_flops)) if v)
-    if limits and len(p.finals()) < len(every.finals()):
-        try:
-            result = fit.fit_all(p, bootstrap=args.bootstrap, seed=args.seed)
-        except UserError as e:
-            raise UserError(e.message, f"{limits} kept {len(p.finals())} of the {len(every.finals())} runs: raise "
-                            f"{'it' if ' and ' not in limits else 'them'} to fit more of them") from None
-    else:
+    kept = f"{limits} kept {len(p.finals())} of the {len(every.finals())} runs"  # said when the fit is short of runs
+    cut = limits and len(p.finals()) < len(every.finals())
+    try:
         result = fit.fit_all(p, bootstrap=args.bootstrap, seed=args.seed)
-    if limits and "E" not in result and len(p.finals()) < len(every.finals()):
-        result["notes"].append(f"{limits} kept {len(p.finals())} of the {len(every.finals())} runs, too few for the "
-                               "law that would predict the others: raise it to compare them")
+    except UserError as e:
+        if not cut:
+            raise
+        raise UserError(e.message, f"{kept}: raise {'them' if ' and ' in limits else 'it'} to fit more of them") from None
+    if cut and "E" not in result:
+        result["notes"].append(f"{kept}, too few for the law that would predict the others: raise it to compare them")
     law = None
     if "E" in result:
         from trainlab.scaling.law import Law
@@ -155,10 +154,12 @@ def fit_command(args) -> None:
     f = every.finals()
     held = [i for i in range(len(f)) if (f.params[i], f.tokens[i], f.loss[i]) not in fitted]
     if law and held:  # the runs the limits left out, predicted by the law fitted without them
-        result["held_out"] = [{"run": f.run[i], "params": float(f.params[i]), "tokens": float(f.tokens[i]),
-                               "measured": float(f.loss[i]), "predicted": law.loss(f.params[i], f.tokens[i]),
-                               "error_pct": 100 * (law.loss(f.params[i], f.tokens[i]) / f.loss[i] - 1)}
-                              for i in held]
+        result["held_out"] = []
+        for i in held:
+            predicted = law.loss(f.params[i], f.tokens[i])
+            result["held_out"].append({"run": f.run[i], "params": float(f.params[i]), "tokens": float(f.tokens[i]),
+                                       "measured": float(f.loss[i]), "predicted": predicted,
+                                       "error_pct": 100 * (predicted / f.loss[i] - 1)})
     if args.predict:
         if law is None:
             raise UserError(f"--predict needs the parametric law L(N, D), which these points do not determine: "
@@ -168,9 +169,9 @@ def fit_command(args) -> None:
             n, d = _count(n_text, "--predict N"), _count(d_text, "--predict D")
             q = {"params": n, "tokens": d, "loss": law.loss(n, d)}
             # A trained run of this size and budget (within 1%: runs train whole steps) is compared with it.
-            match = [i for i in range(len(f)) if abs(f.params[i] / n - 1) < 0.01 and abs(f.tokens[i] / d - 1) < 0.01]
-            if match:
-                i = match[0]
+            i = next((i for i in range(len(f)) if abs(f.params[i] / n - 1) < 0.01 and abs(f.tokens[i] / d - 1) < 0.01),
+                     None)
+            if i is not None:
                 q.update(run=f.run[i], measured=float(f.loss[i]), error_pct=100 * (q["loss"] / f.loss[i] - 1),
                          in_fit=i not in held)
             predictions.append(q)

@@ -128,11 +128,12 @@ def predicted_vs_actual(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def prediction_rows(law: Law, p: Points, held: set[str] = frozenset()) -> list[dict]:
-    """predicted_vs_actual's rows for the final points of p; runs named in `held` were left out of the fit."""
+def prediction_rows(law: Law, p: Points, held=()) -> list[dict]:
+    """predicted_vs_actual's rows for the final points of p; `held`: indices of those left out of the fit."""
     f = p.finals()
-    return [{"label": r, "predicted": law.loss(n, d), "actual": l, "held_out": r in held}
-            for r, n, d, l in zip(f.run, f.params, f.tokens, f.loss)]
+    return [{"label": f.run[i] or f"N {f.params[i]:.3g}, D {f.tokens[i]:.3g}",
+             "predicted": law.loss(f.params[i], f.tokens[i]), "actual": f.loss[i], "held_out": i in held}
+            for i in range(len(f))]
 
 
 def write_all(p: Points, result: dict, out: Path, held: list[int] | tuple = ()) -> list[Path]:
@@ -144,9 +145,5 @@ def write_all(p: Points, result: dict, out: Path, held: list[int] | tuple = ()) 
     if "E" in result or any("a" in result.get(k, {}) for k in ("approach1", "approach2")):
         paths.append(optimal_allocation(result, out / "scaling_optimal_allocation.png"))
     if "E" in result:
-        law, f = Law.from_dict(result), p.finals()
-        rows = [{"label": f.run[i] or f"N {f.params[i]:.3g}, D {f.tokens[i]:.3g}",
-                 "predicted": law.loss(f.params[i], f.tokens[i]), "actual": f.loss[i], "held_out": i in held}
-                for i in range(len(f))]
-        paths.append(predicted_vs_actual(rows, out / "scaling_prediction.png"))
+        paths.append(predicted_vs_actual(prediction_rows(Law.from_dict(result), p, held), out / "scaling_prediction.png"))
     return paths

@@ -155,17 +155,16 @@ class Sweep:
         # The recipe's [sweep] table fills what the command line leaves out (the budgets as one: --tokens or
         # --flops given replaces both of the table's); errors name where the value came from.
         table = self.cfg.sweep
-        sizes, size_key = (sizes, "--sizes") if sizes else (table.sizes or [], "sweep.sizes")
-        if not (tokens or flops):
-            tokens, flops = table.tokens or [], table.flops or []
-            budget_key = "sweep."
-        else:
-            budget_key = "--"
-        lrs, lr_key = (lrs, "--lrs") if lrs else (table.lrs or [], "sweep.lrs")
-        if tokens_per_param is None and table.tokens_per_param is not None:
-            tokens_per_param, band_key = table.tokens_per_param, "sweep.tokens_per_param"
-        else:
-            band_key = "--tokens-per-param"
+
+        def given(value, key: str) -> tuple:  # the command line's value, else the table's; and the name errors use
+            return (value, "--" + key.replace("_", "-")) if value else (getattr(table, key) or [], "sweep." + key)
+
+        sizes, size_key = given(sizes, "sizes")
+        lrs, lr_key = given(lrs, "lrs")
+        tokens_per_param, band_key = given(tokens_per_param, "tokens_per_param")
+        budget_key = "--"
+        if not (tokens or flops):  # budgets given replace both of the table's
+            tokens, flops, budget_key = table.tokens or [], table.flops or [], "sweep."
         if not sizes or not (tokens or flops) or (tokens and flops):
             raise UserError(f"a sweep needs sizes and either tokens or flops (not both); got {len(sizes)} size(s), "
                             f"{len(tokens)} token and {len(flops)} FLOP budget(s) (command line and [sweep] table)",
